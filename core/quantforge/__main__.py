@@ -1,0 +1,5 @@
+import sys
+
+from quantforge.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""Model folders on disk: manifests, completeness, atomic creation, sizes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from quantforge.errors import ModelSourceError
+from quantforge.interfaces import Artifact
+
+MANIFEST = "quantforge.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".onnx", ".xml", ".pt", ".pth")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "added_tokens.json",
+)
+
+
+def weight_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def folder_bytes(path: Path, *, weights_only: bool = False) -> int:
+    files = weight_files(path) if weights_only else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files)
+
+
+def check_hf_folder(path: Path) -> None:
+    """Raise :class:`ModelSourceError` unless ``path`` is a readable HF model folder with weights."""
+    if not path.exists():
+        raise ModelSourceError(
+            f"model path {str(path)!r} does not exist",
+            hint="pass a local model folder or a Hub id such as org/name",
+        )
+    if not path.is_dir():
+        raise ModelSourceError(f"model path {str(path)!r} is a file, not a model folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ModelSourceError(f"model folder {str(path)!r} is not readable")
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"model folder {str(path)!r} has no config.json",
+            hint="point at the folder save_pretrained() wrote",
+        )
+    if not any(p.suffix in (".safetensors", ".bin") for p in path.iterdir()):
+        raise ModelSourceError(
+            f"model folder {str(path)!r} has no weights (*.safetensors or *.bin)",
+            hint="the download or save may be incomplete",
+        )
+    for name in ("config.json", *TOKENIZER_FILES):
+        file = path / name
+        if file.exists() and not os.access(file, os.R_OK):
+            raise ModelSourceError(f"{file} is not readable")
+
+
+def copy_tokenizer_files(source: Path, output: Path) -> None:
+    """Carry the tokenizer (and chat template) of ``source`` into ``output``."""
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, output / name)
+
+
+def write_manifest(output: Path, manifest: Mapping[str, Any]) -> None:
+    (output / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def read_artifact(path: Path) -> Artifact:
+    """An artifact written by quantforge (its manifest says the format)."""
+    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    return Artifact(path=path, format=manifest["format"], manifest=manifest)
+
+
+def is_complete(path: Path) -> bool:
+    """A folder quantforge finished writing (the manifest is written last, then renamed in)."""
+    return (path / MANIFEST).is_file()
+
+
+@contextlib.contextmanager
+def building(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; rename it to ``final`` on success.
+
+    On any error the temporary folder is removed, so a failed step leaves nothing
+    that looks complete.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""The ``quantforge`` command line."""

@@ -1,0 +1,125 @@
+"""``quantforge plugins``, ``methods``, ``targets`` and ``evaluators``: what is installed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from quantforge.interfaces import Component, Quantizer
+from quantforge.plugins import Plugins, load_plugins
+from quantforge.registry import Registry
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _options(obj: Component) -> list[dict[str, Any]]:
+    return [{"name": o.name, "spec": o.describe(), "help": o.help} for o in obj.options.options]
+
+
+def plugins_command(args: argparse.Namespace) -> int:
+    plugins = load_plugins()
+    infos = [i for i in plugins.infos.values() if args.all or not i.first_party or i.errors]
+    if args.json:
+        print(json.dumps([i.as_dict() for i in infos], indent=2))
+        return 0
+    console = _console()
+    if not infos:
+        hidden = len(plugins.infos)
+        console.print(f"No third-party plugins installed ({hidden} first-party; see --all).")
+        return 0
+    from rich.table import Table
+
+    table = Table("plugin", "version", "registers", "missing packages", "errors")
+    for info in infos:
+        registered = "\n".join(
+            f"{kind}: {', '.join(names)}" for kind, names in info.registered.items()
+        )
+        missing = "\n".join(
+            f"{obj}: {', '.join(pkgs)}" for obj, pkgs in info.missing_packages.items()
+        )
+        name = info.name + (" (first-party)" if info.first_party else "")
+        table.add_row(
+            name,
+            info.version or "-",
+            registered or "-",
+            missing or "-",
+            "\n".join(info.errors) or "-",
+        )
+    console.print(table)
+    return 0
+
+
+def _describe(plugins: Plugins, kind: str) -> list[dict[str, Any]]:
+    registries: dict[str, Registry[Any]] = {
+        "methods": plugins.methods,
+        "targets": plugins.targets,
+        "evaluators": plugins.evaluators,
+    }
+    registry = registries[kind]
+    out = []
+    for obj in sorted(registry, key=lambda o: o.name):
+        row: dict[str, Any] = {
+            "name": obj.name,
+            "plugin": registry.plugin_of(obj.name),
+            "description": obj.description,
+            "options": _options(obj),
+            "missing_packages": obj.missing_packages(),
+            "extra": obj.extra,
+        }
+        if kind == "methods":
+            row["kind"] = "quantizer" if isinstance(obj, Quantizer) else "exporter"
+            row["input_format"] = obj.input_format  # type: ignore[attr-defined]
+            row["output_format"] = obj.output_format  # type: ignore[attr-defined]
+            row["presets"] = sorted(obj.options.presets)
+            row["needs_calibration"] = isinstance(obj, Quantizer) and obj.needs_calibration
+        if kind == "targets":
+            row["formats"] = sorted(obj.formats)  # type: ignore[attr-defined]
+            row["measured"] = obj.measured  # type: ignore[attr-defined]
+        out.append(row)
+    return out
+
+
+def _listing(args: argparse.Namespace, kind: str) -> int:
+    plugins = load_plugins()
+    rows = _describe(plugins, kind)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table("name", "what", "options", "status")
+    for row in rows:
+        what = row["description"]
+        if kind == "methods":
+            what = f"[{row['kind']}] {row['input_format']} -> {row['output_format']}\n{what}"
+            if row["presets"]:
+                what += "\npresets: " + ", ".join(row["presets"])
+        if kind == "targets":
+            what = f"{what}\nruns: {', '.join(row['formats'])}"
+        options = "\n".join(f"{o['name']}: {o['spec']}" for o in row["options"]) or "-"
+        if row["missing_packages"]:
+            status = f"missing {', '.join(row['missing_packages'])}: pip install 'quantforge[{row['extra']}]'"
+        else:
+            status = "ready"
+        table.add_row(row["name"], what, options, status)
+    _console().print(table)
+    for info in plugins.errors():
+        _console().print(f"[yellow]plugin {info.name} failed to load: {info.errors[0]}[/yellow]")
+    return 0
+
+
+def methods_command(args: argparse.Namespace) -> int:
+    return _listing(args, "methods")
+
+
+def targets_command(args: argparse.Namespace) -> int:
+    return _listing(args, "targets")
+
+
+def evaluators_command(args: argparse.Namespace) -> int:
+    return _listing(args, "evaluators")

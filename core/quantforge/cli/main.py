@@ -1,0 +1,124 @@
+"""Entry point: argument parsing and the one-line error contract.
+
+Nothing heavy is imported here; each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from quantforge import __version__
+from quantforge.errors import QuantforgeError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _lazy(module: str, function: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        result: int = getattr(importlib.import_module(module), function)(args)
+        return result
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quantforge",
+        description="Turn one Hugging Face model into measured, deployable quantized variants.",
+        epilog="Start with `quantforge demo`, then `quantforge methods` and `quantforge run RECIPE`.",
+    )
+    parser.add_argument("--version", action="version", version=f"quantforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="installed plugins, what they register, and what is missing")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--all", action="store_true", help="include first-party plugins")
+    p.set_defaults(handler=_lazy("quantforge.cli.listing", "plugins_command"))
+
+    for name, text in (
+        ("methods", "quantizers and exporters, with their options"),
+        ("targets", "device targets"),
+        ("evaluators", "evaluators and their options"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(handler=_lazy("quantforge.cli.listing", f"{name}_command"))
+
+    p = sub.add_parser("run", help="run a TOML recipe: build, measure and record every variant")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--out", type=Path, help="output folder (default: the recipe's run.output)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(handler=_lazy("quantforge.cli.run", "run_command"))
+
+    p = sub.add_parser(
+        "quantize", help="ad-hoc run: quantize MODEL into the given variants and measure them"
+    )
+    p.add_argument("model", help="local model folder or Hub id")
+    p.add_argument(
+        "-v",
+        "--variant",
+        action="append",
+        required=True,
+        dest="variants",
+        help="METHOD[:PRESET][,OPTION=VALUE...], e.g. rtn:int4 or bnb:nf4 (repeatable)",
+    )
+    p.add_argument("--target", action="append", dest="targets", help="device target (default: cpu)")
+    p.add_argument(
+        "--evaluator", action="append", dest="evaluators", help="evaluator (default: all)"
+    )
+    p.add_argument("--eval-text", type=Path, help="evaluation text file (default: built-in sample)")
+    p.add_argument("--calibration-text", type=Path, help="calibration text file")
+    p.add_argument("--revision", help="Hub revision of MODEL")
+    p.add_argument("--out", type=Path, default=Path("runs/quantize"), help="output folder")
+    p.add_argument("--step-timeout", type=float, default=3600.0, help="seconds per step")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(handler=_lazy("quantforge.cli.run", "quantize_command"))
+
+    p = sub.add_parser("results", help="the trade-off table of a run folder")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON (with provenance)")
+    p.set_defaults(handler=_lazy("quantforge.cli.results", "results_command"))
+
+    p = sub.add_parser(
+        "demo", help="tiny model -> fp, RTN int4, bnb NF4, bnb int8 -> measured table"
+    )
+    p.add_argument("--out", type=Path, default=Path("quantforge-demo"), help="output folder")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(handler=_lazy("quantforge.cli.run", "demo_command"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.handler(args))
+    except QuantforgeError as exc:
+        if os.environ.get("QUANTFORGE_DEBUG"):
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line, and how to see more
+        if os.environ.get("QUANTFORGE_DEBUG"):
+            raise
+        print(
+            f"Error: unexpected {type(exc).__name__}: {exc} (set QUANTFORGE_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""``quantforge results RUN_DIR``: the trade-off table, straight from the results store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from quantforge.results import ResultsStore
+from quantforge.table import format_value, title, tradeoff_tables
+
+
+def results_json(run_dir: Path) -> dict[str, Any]:
+    store = ResultsStore(run_dir)
+    try:
+        return {
+            "run": store.latest_run(),
+            "tables": [asdict(t) for t in tradeoff_tables(store)],
+            "measurements": [asdict(m) for m in store.measurements()],
+        }
+    finally:
+        store.close()
+
+
+def print_tables(run_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    store = ResultsStore(run_dir)
+    try:
+        tables = tradeoff_tables(store)
+        run = store.latest_run()
+    finally:
+        store.close()
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 150)
+    for t in tables:
+        table = Table(title=f"{run['base_model'] if run else ''} on {t.target} (measured)")
+        table.add_column("variant")
+        table.add_column("method")
+        table.add_column("bits", justify="right")
+        for metric in t.columns:
+            table.add_column(title(metric), justify="right")
+        table.add_column("status")
+        for row in t.rows:
+            bits = "-" if row["bits"] is None else f"{row['bits']:g}"
+            cells = [format_value(m, row["metrics"].get(m)) for m in t.columns]
+            table.add_row(row["variant"], row["method"], bits, *cells, row["status"])
+        console.print(table)
+        for row in t.rows:
+            if row["error"]:
+                console.print(f"[red]{row['variant']}[/red]: {row['error']}")
+    console.print(
+        f"Results store: {run_dir / 'results.sqlite'} (`quantforge results {run_dir} --json` for provenance)"
+    )
+
+
+def results_command(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(results_json(args.run_dir), indent=2, default=str))
+    else:
+        print_tables(args.run_dir)
+    return 0

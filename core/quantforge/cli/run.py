@@ -1,0 +1,138 @@
+"""``quantforge run``, ``quantize`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from quantforge.recipe import RunConfig, check_unique, load_recipe, with_base
+from quantforge.runner import Reporter, RunSummary
+from quantforge.runner import run as run_config
+
+DEMO_VARIANTS = ["base", "rtn:int4", "bnb:nf4", "bnb:int8"]
+
+
+class RichReporter(Reporter):
+    """Draws each stage as a rich progress bar."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.progress: Any = None
+        self.task: Any = None
+
+    def stage(self, title: str, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.close()
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(title, total=total)
+
+    def advance(self, label: str, status: str) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task)
+            if status not in ("ok", "cached"):
+                self.progress.console.print(f"  {label}: {status}")
+
+    def note(self, text: str) -> None:
+        self.console.print(f"[yellow]{text}[/yellow]")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _execute(config: RunConfig, as_json: bool) -> int:
+    from quantforge.cli.results import print_tables, results_json
+
+    reporter = RichReporter()
+    try:
+        summary: RunSummary = run_config(config, reporter=reporter)
+    finally:
+        reporter.close()
+    if as_json:
+        print(json.dumps(results_json(config.output), indent=2, default=str))
+    else:
+        print_tables(config.output)
+        reporter.console.print(
+            f"{summary.steps_run} steps run, {summary.steps_cached} cached; "
+            f"{summary.evaluations_run} measurements run, {summary.evaluations_cached} cached."
+        )
+    failed = [name for name, status in summary.variants.items() if status != "ok"]
+    failed += [
+        f"{v} on {t}" for (v, t), s in summary.evaluations.items() if s not in ("ok", "cached")
+    ]
+    if failed:
+        reporter.console.print(
+            f"[red]Failed: {', '.join(failed)}[/red] (details above and in the results store)"
+        )
+        return 1
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    return _execute(load_recipe(args.recipe, output=args.out), args.json)
+
+
+def quantize_command(args: argparse.Namespace) -> int:
+    from quantforge.planner import parse_variant
+
+    config = RunConfig(
+        model=args.model,
+        revision=args.revision,
+        variants=check_unique(with_base([parse_variant(v) for v in args.variants])),
+        output=args.out,
+        targets={t: {} for t in (args.targets or ["cpu"])},
+        evaluators={e: {} for e in args.evaluators} if args.evaluators else None,
+        eval_text=args.eval_text,
+        calibration_text=args.calibration_text,
+        step_timeout=args.step_timeout,
+    )
+    return _execute(config, args.json)
+
+
+def demo_config(model: Path, output: Path) -> RunConfig:
+    from quantforge.planner import parse_variant
+
+    return RunConfig(
+        model=str(model),
+        variants=[parse_variant(v) for v in DEMO_VARIANTS],
+        output=output,
+        evaluators={
+            "size": {},
+            "speed": {"prompt_tokens": 128, "new_tokens": 33, "repeats": 3},
+            "memory": {},
+            "perplexity": {"window": 256, "stride": 128, "max_tokens": 2048},
+            "kl": {"window": 256, "stride": 128, "max_tokens": 2048},
+        },
+    )
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from quantforge.testing.tiny_model import build_tiny_model
+
+    console = Console(stderr=True)
+    with console.status("building the tiny demo model (cached after the first time)...") as status:
+        model = build_tiny_model(log=lambda msg: status.update(f"tiny model: {msg}"))
+    console.print(f"tiny model: {model}")
+    return _execute(demo_config(model, args.out), args.json)

@@ -1,0 +1,120 @@
+"""Every error quantforge raises on purpose.
+
+Each error carries one actionable line (``str(err)``) that the CLI prints as is;
+``hint`` names the next thing to do when there is one. Anything else that escapes
+is a bug and is shown with its traceback under ``QUANTFORGE_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class QuantforgeError(Exception):
+    """Base class: a problem the user can act on, described in one line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(QuantforgeError, ValueError):
+    """Bad input on the command line or in a recipe."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError, KeyError):
+    """A method, target, evaluator or plugin name that is not registered."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        import difflib
+
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        if close:
+            hint = "did you mean: " + ", ".join(close) + "?"
+        elif known:
+            hint = "known: " + ", ".join(known)
+        else:
+            hint = f"no {kind} is installed; see `quantforge plugins`"
+        super().__init__(f"unknown {kind} {name!r}", hint=hint)
+        self.kind = kind
+        self.name = name
+        self.suggestions = close
+
+    def __str__(self) -> str:  # KeyError would quote the message otherwise
+        return QuantforgeError.__str__(self)
+
+
+class DuplicateNameError(QuantforgeError):
+    """Two registrations of the same kind used one name."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        super().__init__(
+            f"{kind} {name!r} is registered by both plugin {first!r} and plugin {second!r}",
+            hint="uninstall one of them or restrict plugins with QUANTFORGE_LOAD_PLUGINS",
+        )
+        self.kind = kind
+        self.name = name
+        self.plugins = (first, second)
+
+
+class OptionError(UsageError):
+    """An option value of a step that is missing, of the wrong type or out of range."""
+
+    def __init__(self, owner: str, option: str, message: str) -> None:
+        super().__init__(f"{owner}: option {option!r} {message}")
+        self.owner = owner
+        self.option = option
+
+
+class RecipeError(UsageError):
+    """A recipe file that cannot be read or has unknown keys or wrong types."""
+
+
+class ModelSourceError(UsageError):
+    """A base model path or id that cannot be used (missing, unreadable, no weights)."""
+
+
+class PlanError(UsageError):
+    """No chain of installed steps turns the base model into the requested variant."""
+
+
+class MissingDependencyError(QuantforgeError):
+    """An optional library a plugin needs is not installed."""
+
+    def __init__(self, owner: str, packages: Iterable[str], extra: str | None) -> None:
+        packages = list(packages)
+        fix = f"pip install 'quantforge[{extra}]'" if extra else "pip install " + " ".join(packages)
+        super().__init__(f"{owner} needs {', '.join(packages)}, which is not installed", hint=fix)
+        self.owner = owner
+        self.packages = packages
+        self.extra = extra
+
+
+class PluginError(QuantforgeError):
+    """A plugin failed while importing, registering or running a step."""
+
+    def __init__(self, plugin: str, message: str) -> None:
+        super().__init__(f"plugin {plugin!r}: {message}")
+        self.plugin = plugin
+
+
+class StepFailed(QuantforgeError):
+    """A quantize, export or evaluate step failed in its worker process."""
+
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step} failed: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+class ResultsError(UsageError):
+    """A results store that is missing or not a quantforge store."""

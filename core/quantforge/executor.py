@@ -1,0 +1,103 @@
+"""Start a worker process per unit of work, watch it, and say plainly how it ended."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a worker ended. ``failure`` is ``None`` when it exited 0."""
+
+    returncode: int | None
+    failure: str | None
+    result_path: Path
+    log_path: Path
+    seconds: float
+
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.result_path.read_text(encoding="utf-8")))
+
+    def lines(self) -> list[dict[str, Any]]:
+        if not self.result_path.exists():
+            return []
+        return [
+            json.loads(line)
+            for line in self.result_path.read_text(encoding="utf-8").splitlines()
+            if line
+        ]
+
+
+def _last_error_line(log: Path) -> str:
+    try:
+        lines = [
+            ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
+        ]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line or "Exception" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else ""
+
+
+def describe_exit(returncode: int, log: Path) -> str:
+    if returncode == -signal.SIGKILL or returncode == 137:
+        return "worker was killed (SIGKILL: out of memory?)"
+    if returncode < 0:
+        return f"worker died from signal {signal.Signals(-returncode).name}"
+    detail = _last_error_line(log)
+    return f"worker exited with status {returncode}" + (f": {detail}" if detail else "")
+
+
+class LocalExecutor:
+    """Runs jobs as child processes of this one, one at a time."""
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self._count = 0
+
+    def run(self, job: dict[str, Any], label: str, timeout: float) -> JobOutcome:
+        self._count += 1
+        stem = f"{self._count:03d}-{label}".replace("/", "_")
+        job_path = self.work_dir / f"{stem}.job.json"
+        result_path = self.work_dir / f"{stem}.result.json"
+        log_path = self.work_dir / f"{stem}.log"
+        job_path.write_text(json.dumps(job), encoding="utf-8")
+        result_path.unlink(missing_ok=True)
+        started = time.perf_counter()
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "quantforge.worker", str(job_path), str(result_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+            try:
+                code: int | None = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return JobOutcome(
+                    None,
+                    f"timed out after {timeout:g}s",
+                    result_path,
+                    log_path,
+                    time.perf_counter() - started,
+                )
+        seconds = time.perf_counter() - started
+        assert code is not None
+        failure = None if code == 0 else describe_exit(code, log_path)
+        return JobOutcome(code, failure, result_path, log_path, seconds)

@@ -1,0 +1,285 @@
+"""What a registered quantizer, exporter, device target or evaluator must provide.
+
+Plugins subclass these. Subclasses are instantiated at registration, so their
+modules must stay light: import the heavy library (torch, bitsandbytes, ...) inside
+the method that needs it, never at module level.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from quantforge.errors import MissingDependencyError
+from quantforge.options import OptionSet, OptionValue
+
+Better = Literal["higher", "lower", "none"]
+
+
+def format_family(fmt: str) -> str:
+    """``"hf+bnb"`` -> ``"hf"``: the family names the runtime that runs a format."""
+    return fmt.split("+", 1)[0]
+
+
+class Component(ABC):
+    """Common declarations of every registered object.
+
+    :cvar name: unique name within its kind (``"bnb"``, ``"cpu"``, ``"perplexity"``).
+    :cvar description: one line for listings.
+    :cvar options: the options it accepts, with presets.
+    :cvar requires: import names of optional packages it needs (checked without importing).
+    :cvar extra: the ``quantforge[...]`` pip extra that installs them.
+    :cvar version: implementation version; part of every cache key, bump it when output changes.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    options: ClassVar[OptionSet] = OptionSet()
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
+    version: ClassVar[str] = "1"
+
+    def missing_packages(self) -> list[str]:
+        """Packages from ``requires`` that cannot be found (nothing is imported)."""
+        return [p for p in self.requires if importlib.util.find_spec(p) is None]
+
+    def check_available(self) -> None:
+        """Raise :class:`MissingDependencyError` naming the pip extra if a package is missing."""
+        missing = self.missing_packages()
+        if missing:
+            raise MissingDependencyError(self.name, missing, self.extra)
+
+
+@dataclass
+class StepContext:
+    """What the host gives a quantize or export step.
+
+    ``memo`` is shared by all steps of one worker process: a step that loads the
+    base model can keep it there, so several variants of one base load it once.
+    """
+
+    seed: int = 0
+    calibration_text: str | None = None
+    memo: dict[Any, Any] = field(default_factory=dict)
+    log: Callable[[str], None] = print
+
+    def remember(self, key: Any, factory: Callable[[], Any]) -> Any:
+        if key not in self.memo:
+            self.memo[key] = factory()
+        return self.memo[key]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A model folder on disk and what it holds.
+
+    :ivar path: the folder.
+    :ivar format: its format (``"hf"``, ``"hf+bnb"``, ``"gguf"``).
+    :ivar manifest: what ``quantforge.json`` in the folder records (steps, options, base).
+    """
+
+    path: Path
+    format: str
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Quantizer(Component):
+    """Turns a model of ``input_format`` into a lower-precision ``output_format``.
+
+    :cvar needs_calibration: the step reads ``context.calibration_text``.
+    :cvar method: short method label for tables and cards (``"bitsandbytes"``).
+    """
+
+    input_format: ClassVar[str] = "hf"
+    output_format: ClassVar[str]
+    needs_calibration: ClassVar[bool] = False
+    method: ClassVar[str] = ""
+
+    @abstractmethod
+    def quantize(
+        self,
+        source: Artifact,
+        options: Mapping[str, OptionValue],
+        output: Path,
+        context: StepContext,
+    ) -> None:
+        """Write the quantized model into the empty folder ``output``.
+
+        The host moves ``output`` into place only after this returns, so a crash
+        leaves nothing that looks complete.
+        """
+
+    def bits(self, options: Mapping[str, OptionValue]) -> float | None:
+        """Nominal weight bits of the output, for tables and cards."""
+        return None
+
+    def load_model(self, artifact: Artifact) -> Any | None:
+        """Load this quantizer's output as a torch module, for formats a plain
+        ``from_pretrained`` cannot read. Return ``None`` to let the runtime load it."""
+        return None
+
+
+class Exporter(Component):
+    """Turns a model of ``input_format`` into another format at the same precision."""
+
+    input_format: ClassVar[str] = "hf"
+    output_format: ClassVar[str]
+
+    @abstractmethod
+    def export(
+        self,
+        source: Artifact,
+        options: Mapping[str, OptionValue],
+        output: Path,
+        context: StepContext,
+    ) -> None:
+        """Write the exported model into the empty folder ``output``."""
+
+
+@dataclass(frozen=True)
+class GenerationTiming:
+    """Timing of one greedy generation: a prefill over the prompt, then decode steps."""
+
+    prompt_tokens: int
+    new_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+
+
+class Runtime(ABC):
+    """A loaded variant that a target can run.
+
+    :cvar capabilities: what evaluators may ask of it: ``"logits"``, ``"generate"``.
+    """
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"logits", "generate"})
+
+    @abstractmethod
+    def logits(self, input_ids: Sequence[int]) -> Any:
+        """Next-token logits for every position: a float32 tensor ``[len(input_ids), vocab]``."""
+
+    @abstractmethod
+    def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
+        """Greedy generation with the runtime's KV cache, timed."""
+
+    def close(self) -> None:  # noqa: B027 - optional to override
+        """Free what the runtime holds."""
+
+
+class Target(Component):
+    """A device that runs variants: measured here, or a profile that estimates.
+
+    :cvar formats: format families it runs (``{"hf"}``, ``{"gguf"}``).
+    :cvar measured: True when it runs variants on this machine and measures them.
+    """
+
+    formats: ClassVar[frozenset[str]]
+    measured: ClassVar[bool] = True
+
+    def runs(self, fmt: str) -> bool:
+        return format_family(fmt) in self.formats
+
+    def unavailable_reason(self) -> str | None:
+        """Why variants cannot run on this target here, or ``None`` when they can."""
+        missing = self.missing_packages()
+        return (
+            f"needs {', '.join(missing)} (pip install 'quantforge[{self.extra}]')"
+            if missing
+            else None
+        )
+
+    def hardware(self) -> str:
+        """One line describing the hardware, for provenance."""
+        return self.name
+
+    @abstractmethod
+    def load(
+        self,
+        artifact: Artifact,
+        options: Mapping[str, OptionValue],
+        loader: Callable[[Artifact], Any | None],
+    ) -> Runtime:
+        """Load ``artifact`` with this target's ``options``. ``loader`` is the producing
+        quantizer's :meth:`Quantizer.load_model` (returns ``None`` for standard formats)."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured number.
+
+    :ivar metric: name (``"perplexity"``); one evaluator may return several.
+    :ivar unit: ``"MB"``, ``"tokens/s"``, ``""`` for ratios.
+    :ivar better: which direction is better, for deltas and ranking.
+    :ivar details: extra facts kept beside the value (counts, window, stderr).
+    """
+
+    metric: str
+    value: float
+    unit: str
+    better: Better
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalContext:
+    """What the host gives an evaluator.
+
+    :ivar token_ids: the evaluation text tokenized once with the base tokenizer;
+        every variant is measured on these same ids.
+    :ivar dataset_fingerprint: sha256 over the text and tokenizer, for provenance.
+    :ivar reference_dir: a folder holding what :meth:`Evaluator.prepare_reference`
+        wrote while the base model ran (shared by all variants).
+    :ivar memo: shared by the evaluators of one variant (e.g. its log-probs, computed once).
+    :ivar baseline_rss_bytes: resident memory of the worker before it loaded the variant.
+    """
+
+    token_ids: Sequence[int]
+    dataset_fingerprint: str
+    reference_dir: Path | None = None
+    seed: int = 0
+    baseline_rss_bytes: int = 0
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+    def remember(self, key: Any, factory: Callable[[], Any]) -> Any:
+        if key not in self.memo:
+            self.memo[key] = factory()
+        return self.memo[key]
+
+
+class Evaluator(Component):
+    """Measures a variant.
+
+    :cvar needs_runtime: False for evaluators that only read files (size on disk).
+    :cvar needs_reference: :meth:`prepare_reference` runs once on the base model first.
+    :cvar order: evaluators of one variant run in ascending order (memory after speed).
+    """
+
+    needs_runtime: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = False
+    order: ClassVar[int] = 50
+
+    @abstractmethod
+    def evaluate(
+        self,
+        artifact: Artifact,
+        runtime: Runtime | None,
+        options: Mapping[str, OptionValue],
+        context: EvalContext,
+    ) -> list[Measurement]:
+        """Measure ``artifact`` (loaded as ``runtime`` unless ``needs_runtime`` is False)."""
+
+    def prepare_reference(
+        self,
+        runtime: Runtime,
+        options: Mapping[str, OptionValue],
+        context: EvalContext,
+        out_dir: Path,
+    ) -> None:
+        """Write what later comparisons need from the base model into ``out_dir``."""
+        raise NotImplementedError(
+            f"{self.name} declares needs_reference but has no prepare_reference"
+        )

@@ -1,0 +1,220 @@
+"""Run configuration, from a TOML recipe or from command-line flags.
+
+A recipe::
+
+    [model]
+    id = "path/or/org-name"       # required
+    revision = "main"             # optional, Hub only
+
+    variants = ["base", "rtn:int4", "bnb:nf4",
+                {name = "rtn-g64", method = "rtn", preset = "int4", options = {group_size = 64}}]
+
+    [targets.cpu]                 # or: targets = ["cpu"]
+    threads = 2
+
+    [evaluators]                  # or: evaluators = ["size", "speed"]; default: all installed
+    perplexity = {window = 256}
+    kl = {}
+
+    [data]
+    eval_text = "eval.txt"        # default: built-in held-out text
+    calibration_text = "calib.txt"
+
+    [run]
+    output = "runs/demo"
+    seed = 0
+    step_timeout = 3600
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantforge.errors import RecipeError
+from quantforge.planner import BASE, VariantSpec, check_variant_name, parse_variant
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_TARGETS: dict[str, dict[str, Any]] = {"cpu": {}}
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; validated against the plugins by the runner's preflight."""
+
+    model: str
+    variants: list[VariantSpec]
+    output: Path
+    revision: str | None = None
+    targets: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_TARGETS))
+    evaluators: dict[str, dict[str, Any]] | None = None  # None: every installed evaluator
+    eval_text: Path | None = None
+    calibration_text: Path | None = None
+    seed: int = 0
+    step_timeout: float = 3600.0
+    cache_dir: Path | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "revision": self.revision,
+            "variants": [
+                {"name": v.name, "method": v.method, "preset": v.preset, "options": dict(v.options)}
+                for v in self.variants
+            ],
+            "targets": self.targets,
+            "evaluators": self.evaluators,
+            "eval_text": str(self.eval_text) if self.eval_text else None,
+            "calibration_text": str(self.calibration_text) if self.calibration_text else None,
+            "seed": self.seed,
+            "step_timeout": self.step_timeout,
+        }
+
+
+def with_base(variants: list[VariantSpec]) -> list[VariantSpec]:
+    """The base is always measured: deltas and KL are against it."""
+    if any(v.method is None for v in variants):
+        return variants
+    return [VariantSpec(BASE), *variants]
+
+
+def check_unique(variants: list[VariantSpec]) -> list[VariantSpec]:
+    seen: set[str] = set()
+    for v in variants:
+        if v.name in seen:
+            raise RecipeError(
+                f"variant name {v.name!r} appears twice", hint="give one of them a `name`"
+            )
+        seen.add(v.name)
+    return variants
+
+
+# -- validation helpers ---------------------------------------------------------
+
+
+def _expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise RecipeError(f"{where} must be {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(sorted(allowed))
+        raise RecipeError(f"unknown key {unknown[0]!r} in {where}", hint=hint)
+
+
+def _named_tables(where: str, value: Any) -> dict[str, dict[str, Any]]:
+    """``["a", "b"]`` or ``{a = {...}, b = {...}}`` -> name -> options."""
+    if isinstance(value, list):
+        return {_expect(f"{where} entry", v, str, "a name"): {} for v in value}
+    _expect(where, value, dict, "a list of names or a table")
+    return {
+        name: dict(_expect(f"{where}.{name}", opts, dict, "a table of options"))
+        for name, opts in value.items()
+    }
+
+
+def _variant(index: int, value: Any) -> VariantSpec:
+    where = f"variants[{index}]"
+    if isinstance(value, str):
+        return parse_variant(value)
+    _expect(where, value, dict, "a string like 'rtn:int4' or a table")
+    _keys(where, value, {"name", "method", "preset", "options"})
+    method = _expect(f"{where}.method", value.get("method", BASE), str, "a string")
+    if method == BASE:
+        return VariantSpec(check_variant_name(str(value.get("name", BASE))))
+    preset = value.get("preset")
+    if preset is not None:
+        _expect(f"{where}.preset", preset, str, "a string")
+    options = dict(_expect(f"{where}.options", value.get("options", {}), dict, "a table"))
+    default_name = method + (f"-{preset}" if preset else "")
+    name = check_variant_name(
+        _expect(f"{where}.name", value.get("name", default_name), str, "a string")
+    )
+    return VariantSpec(name, method, preset, options)
+
+
+def load_recipe(path: Path, output: Path | None = None) -> RunConfig:
+    """Read and validate a recipe; unknown keys and wrong types are refused with their path."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe {str(path)!r}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"recipe {str(path)!r} is not valid TOML: {exc}") from None
+    return parse_recipe(data, base_dir=path.parent, output=output)
+
+
+def parse_recipe(
+    data: Mapping[str, Any], base_dir: Path = Path("."), output: Path | None = None
+) -> RunConfig:
+    _keys("the recipe", data, {"model", "variants", "targets", "evaluators", "data", "run"})
+    if "model" not in data:
+        raise RecipeError(
+            "the recipe has no [model] table", hint='add [model] with id = "org/name" or a folder'
+        )
+    model = _expect("[model]", data["model"], dict, "a table")
+    _keys("[model]", model, {"id", "revision"})
+    if "id" not in model:
+        raise RecipeError("[model] has no id", hint='add id = "org/name" or a local folder')
+    model_id = _expect("model.id", model["id"], str, "a string")
+    revision = model.get("revision")
+    if revision is not None:
+        _expect("model.revision", revision, str, "a string")
+    raw_variants = _expect("variants", data.get("variants", []), list, "a list")
+    if not raw_variants:
+        raise RecipeError(
+            "the recipe lists no variants", hint='add variants = ["rtn:int4", "bnb:nf4"]'
+        )
+    variants = check_unique(with_base([_variant(i, v) for i, v in enumerate(raw_variants)]))
+    targets = (
+        _named_tables("targets", data["targets"]) if "targets" in data else dict(DEFAULT_TARGETS)
+    )
+    evaluators = _named_tables("evaluators", data["evaluators"]) if "evaluators" in data else None
+    data_table = _expect("[data]", data.get("data", {}), dict, "a table")
+    _keys("[data]", data_table, {"eval_text", "calibration_text"})
+    run = _expect("[run]", data.get("run", {}), dict, "a table")
+    _keys("[run]", run, {"output", "seed", "step_timeout"})
+
+    def file(key: str) -> Path | None:
+        if key not in data_table:
+            return None
+        return base_dir / str(_expect(f"data.{key}", data_table[key], str, "a path"))
+
+    out = output or base_dir / _expect(
+        "run.output", run.get("output", "runs/recipe"), str, "a path"
+    )
+    seed = _expect("run.seed", run.get("seed", 0), int, "an integer")
+    timeout = _expect(
+        "run.step_timeout", run.get("step_timeout", 3600), (int, float), "a number of seconds"
+    )
+    if timeout <= 0:
+        raise RecipeError(f"run.step_timeout must be > 0, got {timeout}")
+    return RunConfig(
+        model=model_id if not (base_dir / model_id).exists() else str(base_dir / model_id),
+        revision=revision,
+        variants=variants,
+        output=out,
+        targets=targets,
+        evaluators=evaluators,
+        eval_text=file("eval_text"),
+        calibration_text=file("calibration_text"),
+        seed=seed,
+        step_timeout=float(timeout),
+    )

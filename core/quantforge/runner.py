@@ -1,0 +1,582 @@
+"""Run a recipe: preflight, build every variant's steps, measure, record.
+
+Preflight checks everything that can be checked without compute (plugins,
+options, model folder, data files, optional packages) and raises before the
+first step. After that, one failing step or evaluation is recorded as that
+variant's failure and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantforge import artifacts, provenance
+from quantforge.errors import QuantforgeError, RecipeError, UsageError
+from quantforge.executor import JobOutcome, LocalExecutor
+from quantforge.interfaces import Artifact, Evaluator, Quantizer, Target
+from quantforge.model_source import BaseModel, resolve_model
+from quantforge.planner import VariantPlan, plan_variant
+from quantforge.plugins import Plugins, load_plugins
+from quantforge.recipe import RunConfig
+from quantforge.results import ResultsStore
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("QUANTFORGE_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "quantforge"
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class Reporter:
+    """Progress callbacks; the CLI draws them with rich, tests collect them."""
+
+    def stage(self, title: str, total: int) -> None:
+        """A stage of ``total`` units starts."""
+
+    def advance(self, label: str, status: str) -> None:
+        """One unit finished with ``status`` (``ok``, ``cached``, ``failed: ...``)."""
+
+    def note(self, text: str) -> None:
+        """Something worth telling the user."""
+
+
+@dataclass
+class Preflight:
+    """What preflight resolved: the base, each variant's plan, targets and evaluators."""
+
+    base: BaseModel
+    plans: list[VariantPlan]
+    targets: dict[str, tuple[Target, dict[str, Any]]]
+    evaluators: list[tuple[Evaluator, dict[str, Any], str]]  # object, options, version
+    eval_text: Path
+    not_runnable: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    output: Path
+    status: str
+    variants: dict[str, str]  # name -> "ok" | "failed: why"
+    evaluations: dict[tuple[str, str], str]
+    steps_run: int = 0
+    steps_cached: int = 0
+    evaluations_run: int = 0
+    evaluations_cached: int = 0
+
+
+def _builtin_eval_text(cache_dir: Path) -> Path:
+    from quantforge.testing.tiny_model import evaluation_text
+
+    path = cache_dir / "data" / "builtin-eval.txt"
+    text = evaluation_text()
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _check_text_file(path: Path, what: str) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what} file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {what} file {str(path)!r}: {exc}") from None
+    if not text.strip():
+        raise UsageError(f"{what} file {str(path)!r} is empty")
+
+
+def _version_of(plugins: Plugins, registry_plugin: str, impl_version: str) -> str:
+    return f"{plugins.infos[registry_plugin].version or '0'}/{impl_version}"
+
+
+def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight:
+    """Validate the whole run before any compute. Raises :class:`QuantforgeError`."""
+    targets: dict[str, tuple[Target, dict[str, Any]]] = {}
+    for name, given in config.targets.items():
+        target = plugins.targets.get(name)
+        options = target.options.resolve(f"target {name}", given)
+        if target.measured:
+            target.check_available()
+        targets[name] = (target, options)
+    if not targets:
+        raise RecipeError("no targets to measure on", hint='add targets = ["cpu"]')
+    chosen = config.evaluators
+    if chosen is None:
+        chosen = {name: {} for name in plugins.evaluators.names()}
+    evaluators = []
+    for name, given in chosen.items():
+        evaluator = plugins.evaluators.get(name)
+        evaluator.check_available()
+        version = _version_of(plugins, plugins.evaluators.plugin_of(name), evaluator.version)
+        evaluators.append(
+            (evaluator, evaluator.options.resolve(f"evaluator {name}", given), version)
+        )
+    eval_text = config.eval_text or _builtin_eval_text(cache_dir)
+    _check_text_file(eval_text, "evaluation text")
+    if config.calibration_text is not None:
+        _check_text_file(config.calibration_text, "calibration text")
+    base = resolve_model(config.model, config.revision, cache_dir)
+    base_key = _digest("base", base.identity)
+    plans = [plan_variant(plugins, spec, base_key) for spec in config.variants]
+    for plan in plans:
+        for step in plan.steps:
+            method = plugins.methods.get(step.method)
+            method.check_available()
+            if (
+                isinstance(method, Quantizer)
+                and method.needs_calibration
+                and config.calibration_text is None
+            ):
+                raise UsageError(
+                    f"{step.method} needs calibration text",
+                    hint="set [data] calibration_text in the recipe or pass --calibration-text",
+                )
+    not_runnable = {}
+    for plan in plans:
+        for name, (target, _) in targets.items():
+            if not target.runs(plan.format):
+                not_runnable[(plan.spec.name, name)] = f"{name} does not run {plan.format} models"
+    return Preflight(base, plans, targets, evaluators, eval_text, not_runnable)
+
+
+class Runner:
+    """Executes one run. Steps and measurements are cached across runs in ``cache_dir``."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        plugins: Plugins | None = None,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.config = config
+        self.plugins = plugins or load_plugins()
+        self.reporter = reporter or Reporter()
+        self.cache_dir = config.cache_dir or default_cache_dir()
+        self.artifacts_dir = self.cache_dir / "artifacts"
+
+    def artifact_path(self, key: str) -> Path:
+        return self.artifacts_dir / key
+
+    def run(self) -> RunSummary:
+        plan = preflight(self.config, self.plugins, self.cache_dir)
+        for info in self.plugins.errors():
+            self.reporter.note(f"plugin {info.name} is not loaded: {info.errors[0]}")
+        output = self.config.output
+        output.mkdir(parents=True, exist_ok=True)
+        run_id = provenance.now().replace(":", "").replace("-", "") + "-" + uuid.uuid4().hex[:6]
+        executor = LocalExecutor(output / "logs" / run_id)
+        store = ResultsStore(output, create=True)
+        base = plan.base
+        store.start_run(
+            run_id,
+            provenance.now(),
+            {"ref": base.ref, "revision": base.revision, "content_hash": base.content_hash},
+            self.config.describe(),
+        )
+        summary = RunSummary(run_id, output, "running", {}, {})
+        try:
+            tokens = self._tokenize(executor, plan)
+            failures = self._build(executor, plan, summary)
+            self._record_variants(store, run_id, plan, failures, summary)
+            references = self._references(executor, plan, tokens)
+            self._evaluate(executor, store, run_id, plan, tokens, references, summary)
+        except BaseException:
+            store.finish_run(run_id, provenance.now(), "aborted")
+            store.close()
+            raise
+        bad = [v for v in summary.variants.values() if v != "ok"]
+        bad += [e for e in summary.evaluations.values() if e not in ("ok", "cached")]
+        summary.status = "ok" if not bad else "partial"
+        store.finish_run(run_id, provenance.now(), summary.status)
+        store.close()
+        return summary
+
+    # -- stages ----------------------------------------------------------------
+
+    def _tokenize(self, executor: LocalExecutor, plan: Preflight) -> Path:
+        text = plan.eval_text.read_bytes()
+        key = _digest("tokens", hashlib.sha256(text).hexdigest(), plan.base.content_hash)
+        path = self.cache_dir / "tokens" / f"{key}.json"
+        if path.exists():
+            return path
+        self.reporter.stage("tokenizing evaluation text", 1)
+        job = {
+            "kind": "tokenize",
+            "model_path": str(plan.base.path),
+            "text_path": str(plan.eval_text),
+        }
+        outcome = executor.run(job, "tokenize", self.config.step_timeout)
+        if outcome.failure:
+            raise QuantforgeError(
+                f"could not tokenize the evaluation text with the base tokenizer: {outcome.failure}",
+                hint=f"see {outcome.log_path}",
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(outcome.result_path, path)
+        self.reporter.advance("tokenize", "ok")
+        return path
+
+    def _source_of(self, plan: Preflight, vplan: VariantPlan, index: int) -> Artifact:
+        if index == 0:
+            return Artifact(plan.base.path, "hf", {})
+        return artifacts.read_artifact(self.artifact_path(vplan.steps[index - 1].key))
+
+    def _build(
+        self, executor: LocalExecutor, plan: Preflight, summary: RunSummary
+    ) -> dict[str, str]:
+        """Run every step not already cached; return failure reasons by step key."""
+        by_depth: dict[int, dict[str, tuple[VariantPlan, int]]] = defaultdict(dict)
+        for vplan in plan.plans:
+            for i, step in enumerate(vplan.steps):
+                by_depth[i].setdefault(step.key, (vplan, i))
+        failures: dict[str, str] = {}
+        total = sum(len(s) for s in by_depth.values())
+        if total:
+            self.reporter.stage("building variants", total)
+        for depth in sorted(by_depth):
+            groups: dict[str, list[tuple[VariantPlan, int]]] = defaultdict(list)
+            for key, (vplan, i) in by_depth[depth].items():
+                step = vplan.steps[i]
+                if artifacts.is_complete(self.artifact_path(key)):
+                    summary.steps_cached += 1
+                    self.reporter.advance(f"{vplan.spec.name}: {step.method}", "cached")
+                    continue
+                previous = vplan.steps[i - 1].key if i else "base"
+                if previous in failures:
+                    failures[key] = f"its input step failed: {failures[previous]}"
+                    self.reporter.advance(f"{vplan.spec.name}: {step.method}", "failed")
+                    continue
+                groups[previous].append((vplan, i))
+            for members in groups.values():
+                self._run_group(executor, plan, members, failures, summary)
+        return failures
+
+    def _step_job(self, plan: Preflight, vplan: VariantPlan, i: int) -> dict[str, Any]:
+        step = vplan.steps[i]
+        source = self._source_of(plan, vplan, i)
+        manifest = {
+            "format": step.output_format,
+            "key": step.key,
+            "base": {
+                "ref": plan.base.ref,
+                "revision": plan.base.revision,
+                "content_hash": plan.base.content_hash,
+            },
+            "steps": [s.describe() for s in vplan.steps[: i + 1]],
+            "created": provenance.now(),
+        }
+        return {
+            "method": step.method,
+            "options": dict(step.options),
+            "key": step.key,
+            "source": {
+                "path": str(source.path),
+                "format": source.format,
+                "manifest": dict(source.manifest),
+            },
+            "output": str(self.artifact_path(step.key)),
+            "manifest": manifest,
+        }
+
+    def _run_group(
+        self,
+        executor: LocalExecutor,
+        plan: Preflight,
+        members: list[tuple[VariantPlan, int]],
+        failures: dict[str, str],
+        summary: RunSummary,
+    ) -> None:
+        """Steps with one input run in one worker (the input is loaded once). If that worker
+        dies, each unfinished step is retried alone, so the failure lands on the right one."""
+        job = {
+            "kind": "steps",
+            "seed": self.config.seed,
+            "calibration_text": str(self.config.calibration_text)
+            if self.config.calibration_text
+            else None,
+            "steps": [self._step_job(plan, vplan, i) for vplan, i in members],
+        }
+        label = "+".join(vplan.steps[i].method for vplan, i in members)
+        outcome = executor.run(job, f"build-{label}", self.config.step_timeout * len(members))
+        reported = {line["key"]: line for line in outcome.lines()}
+        for vplan, i in members:
+            step = vplan.steps[i]
+            name = f"{vplan.spec.name}: {step.method}"
+            line = reported.get(step.key)
+            if (
+                line is not None
+                and line["ok"]
+                and artifacts.is_complete(self.artifact_path(step.key))
+            ):
+                summary.steps_run += 1
+                self.reporter.advance(name, "ok")
+            elif line is not None:
+                failures[step.key] = (
+                    f"{step.method} raised {line['error']} (log: {outcome.log_path})"
+                )
+                self.reporter.advance(name, "failed")
+            elif len(members) > 1:
+                self._run_group(executor, plan, [(vplan, i)], failures, summary)
+            else:
+                failures[step.key] = (
+                    f"{step.method}: {outcome.failure or 'no result'} (log: {outcome.log_path})"
+                )
+                self.reporter.advance(name, "failed")
+
+    def _record_variants(
+        self,
+        store: ResultsStore,
+        run_id: str,
+        plan: Preflight,
+        failures: dict[str, str],
+        summary: RunSummary,
+    ) -> None:
+        links = self.config.output / "variants"
+        links.mkdir(exist_ok=True)
+        for vplan in plan.plans:
+            error = next((failures[s.key] for s in vplan.steps if s.key in failures), None)
+            path = self.artifact_path(vplan.key) if vplan.steps else plan.base.path
+            link = links / vplan.spec.name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            if error is None:
+                link.symlink_to(path, target_is_directory=True)
+            summary.variants[vplan.spec.name] = "ok" if error is None else f"failed: {error}"
+            store.record_variant(
+                run_id,
+                provenance.now(),
+                name=vplan.spec.name,
+                spec=json.dumps(
+                    {
+                        "method": vplan.spec.method,
+                        "preset": vplan.spec.preset,
+                        "options": dict(vplan.spec.options),
+                    }
+                ),
+                method=vplan.method_label,
+                bits=vplan.bits,
+                format=vplan.format,
+                path=str(path) if error is None else None,
+                artifact_key=vplan.key,
+                steps=[s.describe() for s in vplan.steps],
+                status="ok" if error is None else "failed",
+                error=error,
+            )
+
+    @staticmethod
+    def _eval_specs(
+        plan: Preflight, target: str, references: dict[tuple[str, str], Path]
+    ) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": e.name,
+                "options": opts,
+                "version": version,
+                "reference_dir": str(references[(target, e.name)])
+                if (target, e.name) in references
+                else None,
+            }
+            for e, opts, version in plan.evaluators
+        ]
+
+    def _references(
+        self, executor: LocalExecutor, plan: Preflight, tokens: Path
+    ) -> dict[tuple[str, str], Path]:
+        """Run the base once per target for evaluators that compare against it (its logits)."""
+        fingerprint = json.loads(tokens.read_text())["fingerprint"]
+        out: dict[tuple[str, str], Path] = {}
+        for tname, (target, topts) in plan.targets.items():
+            if not target.measured or not target.runs("hf"):
+                continue
+            todo = []
+            for evaluator, opts, version in plan.evaluators:
+                if not evaluator.needs_reference:
+                    continue
+                key = _digest(
+                    "reference",
+                    plan.base.identity,
+                    tname,
+                    topts,
+                    evaluator.name,
+                    version,
+                    opts,
+                    fingerprint,
+                )
+                path = self.cache_dir / "references" / key
+                if not path.exists():  # written to a temporary folder, renamed when complete
+                    todo.append(
+                        {
+                            "name": evaluator.name,
+                            "options": opts,
+                            "version": version,
+                            "reference_dir": str(path),
+                        }
+                    )
+                out[(tname, evaluator.name)] = path
+            if not todo:
+                continue
+            self.reporter.stage(f"reference outputs of the base on {tname}", 1)
+            job = {
+                "kind": "evaluate",
+                "mode": "reference",
+                "target": tname,
+                "target_options": topts,
+                "artifact": {"path": str(plan.base.path), "format": "hf", "manifest": {}},
+                "producer": None,
+                "evaluators": todo,
+                "tokens_path": str(tokens),
+                "seed": self.config.seed,
+            }
+            outcome = executor.run(job, f"reference-{tname}", self.config.step_timeout)
+            self.reporter.advance(f"base on {tname}", "ok" if not outcome.failure else "failed")
+            if outcome.failure:
+                self.reporter.note(
+                    f"reference run on {tname} failed: {outcome.failure} (log: {outcome.log_path})"
+                )
+        return out
+
+    def _evaluate(
+        self,
+        executor: LocalExecutor,
+        store: ResultsStore,
+        run_id: str,
+        plan: Preflight,
+        tokens: Path,
+        references: dict[tuple[str, str], Path],
+        summary: RunSummary,
+    ) -> None:
+        fingerprint = json.loads(tokens.read_text())["fingerprint"]
+        pairs = [
+            (vplan, tname)
+            for vplan in plan.plans
+            for tname, (target, _) in plan.targets.items()
+            if target.measured and summary.variants[vplan.spec.name] == "ok"
+        ]
+        self.reporter.stage("measuring", len(pairs))
+        for vplan, tname in pairs:
+            name = vplan.spec.name
+            target, topts = plan.targets[tname]
+            reason = plan.not_runnable.get((name, tname))
+            if reason:
+                store.record_evaluation(
+                    run_id, provenance.now(), name, tname, "not-runnable", error=reason
+                )
+                summary.evaluations[(name, tname)] = f"not runnable: {reason}"
+                self.reporter.advance(f"{name} on {tname}", "not runnable")
+                continue
+            specs = self._eval_specs(plan, tname, references)
+            key = _digest("eval", vplan.key, tname, topts, specs, fingerprint, self.config.seed)
+            cached = self.cache_dir / "measurements" / f"{key}.json"
+            if cached.exists():
+                result = json.loads(cached.read_text())
+                self._store_measurements(store, run_id, name, tname, key, result, plan, cached=True)
+                summary.evaluations[(name, tname)] = "cached"
+                summary.evaluations_cached += 1
+                self.reporter.advance(f"{name} on {tname}", "cached")
+                continue
+            path = self.artifact_path(vplan.key) if vplan.steps else plan.base.path
+            producer = (
+                vplan.steps[-1].method
+                if vplan.steps and vplan.steps[-1].kind == "quantize"
+                else None
+            )
+            job = {
+                "kind": "evaluate",
+                "mode": "measure",
+                "target": tname,
+                "target_options": topts,
+                "artifact": {"path": str(path), "format": vplan.format, "manifest": {}},
+                "producer": producer,
+                "evaluators": specs,
+                "tokens_path": str(tokens),
+                "seed": self.config.seed,
+            }
+            outcome = executor.run(job, f"measure-{name}-{tname}", self.config.step_timeout)
+            summary.evaluations_run += 1
+            status = self._collect(store, run_id, name, tname, key, outcome, plan, cached)
+            summary.evaluations[(name, tname)] = status
+            self.reporter.advance(f"{name} on {tname}", status.split(":")[0])
+
+    def _collect(
+        self,
+        store: ResultsStore,
+        run_id: str,
+        name: str,
+        tname: str,
+        key: str,
+        outcome: JobOutcome,
+        plan: Preflight,
+        cache_file: Path,
+    ) -> str:
+        if outcome.failure or not outcome.result_path.exists():
+            error = f"{outcome.failure or 'no result'} (log: {outcome.log_path})"
+            store.record_evaluation(
+                run_id, provenance.now(), name, tname, "failed", error=error, eval_key=key
+            )
+            return f"failed: {error}"
+        result = outcome.json()
+        self._store_measurements(store, run_id, name, tname, key, result, plan, cached=False)
+        if result["errors"]:
+            return "partial: " + "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**result, "run_id": run_id}))
+        tmp.replace(cache_file)
+        return "ok"
+
+    def _store_measurements(
+        self,
+        store: ResultsStore,
+        run_id: str,
+        name: str,
+        tname: str,
+        key: str,
+        result: dict[str, Any],
+        plan: Preflight,
+        *,
+        cached: bool,
+    ) -> None:
+        env = result["environment"]
+        prov = {
+            "hardware": env["hardware"],
+            "python": env["python"],
+            "libraries": env["libraries"],
+            "base_revision": plan.base.revision or f"sha256:{plan.base.content_hash}",
+            "dataset_fingerprint": result["dataset_fingerprint"],
+            "seed": self.config.seed,
+            "measured_at": result["measured_at"],
+            "run_id": result.get("run_id", run_id),
+        }
+        rows = [{**m, "provenance": prov} for m in result["measurements"]]
+        errors = result.get("errors") or {}
+        store.record_evaluation(
+            run_id,
+            provenance.now(),
+            name,
+            tname,
+            "ok" if not errors else "partial",
+            error="; ".join(f"{k}: {v}" for k, v in errors.items()) or None,
+            eval_key=key,
+            cached=cached,
+            measurements=rows,
+        )
+
+
+def run(
+    config: RunConfig, plugins: Plugins | None = None, reporter: Reporter | None = None
+) -> RunSummary:
+    """Run ``config``: see :class:`Runner`."""
+    return Runner(config, plugins, reporter).run()

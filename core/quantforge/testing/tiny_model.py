@@ -1,0 +1,195 @@
+"""Build a tiny Llama-architecture causal LM and its tokenizer, locally and deterministically.
+
+The text is Python's own standard-library source, which every machine with
+Python has: a byte-level BPE is trained on it, then the model is trained for a
+short while so that perplexity, KL divergence and top-1 agreement mean
+something. Every dimension is a multiple of 256 (llama.cpp k-quants need rows
+divisible by 256). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+# Held out from training: the evaluation text of the demo and tests.
+EVAL_MODULES = ("textwrap.py", "fractions.py")
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Shape and training budget of a tiny model. Same spec, same machine: same weights."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_layers: int = 4
+    num_heads: int = 4
+    max_positions: int = 512
+    train_steps: int = 200
+    batch_size: int = 8
+    seq_len: int = 128
+    learning_rate: float = 1e-3
+    train_chars: int = 1_500_000
+    seed: int = 0
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True) + _corpus_signature()
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _corpus_signature() -> str:
+    files = _train_files()
+    return "|".join(f"{p.name}:{p.stat().st_size}" for p in files[:200])
+
+
+def _train_files() -> list[Path]:
+    return [p for p in sorted(_stdlib_dir().glob("*.py")) if p.name not in EVAL_MODULES]
+
+
+def training_text(max_chars: int) -> str:
+    """Standard-library modules in name order, up to ``max_chars`` characters."""
+    parts: list[str] = []
+    total = 0
+    for path in _train_files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(text)
+        total += len(text)
+        if total >= max_chars:
+            break
+    return "\n".join(parts)[:max_chars]
+
+
+def evaluation_text(max_chars: int = 12_000) -> str:
+    """Held-out standard-library source, never seen in training."""
+    text = "\n".join(
+        (_stdlib_dir() / name).read_text(encoding="utf-8", errors="replace")
+        for name in EVAL_MODULES
+    )
+    return text[:max_chars]
+
+
+def calibration_text(max_chars: int = 8_000) -> str:
+    """Training-distribution text for methods that calibrate (from the end of the corpus)."""
+    return training_text(TinyModelSpec().train_chars + max_chars)[-max_chars:]
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("QUANTFORGE_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "quantforge"
+    return base / "tiny-models"
+
+
+def build_tiny_model(
+    spec: TinyModelSpec | None = None,
+    cache_dir: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Return a folder holding the tiny model (``config.json``, safetensors, tokenizer).
+
+    Built once per spec and cached; the folder appears only when complete.
+    """
+    spec = spec or TinyModelSpec()
+    cache_dir = cache_dir or default_cache_dir()
+    final = cache_dir / f"tiny-llama-{spec.key()}"
+    if (final / "model.safetensors").exists():
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_dir))
+    try:
+        _build(spec, tmp, log or (lambda _msg: None))
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished first
+            if not (final / "model.safetensors").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _build(spec: TinyModelSpec, out: Path, log: Callable[[str], None]) -> None:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    text = training_text(spec.train_chars)
+    started = time.perf_counter()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    chunks = [text[i : i + 10_000] for i in range(0, len(text), 10_000)]
+    tok.train_from_iterator(chunks, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.model_max_length = spec.max_positions
+    log(f"tokenizer trained ({len(tokenizer)} tokens) in {time.perf_counter() - started:.1f}s")
+
+    torch.manual_seed(spec.seed)
+    shape: dict[str, Any] = dict(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_heads,
+        max_position_embeddings=spec.max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+    config = LlamaConfig(**shape)
+    model = LlamaForCausalLM(config)
+    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    n_seq = (len(ids) - 1) // spec.seq_len
+    data = ids[: n_seq * spec.seq_len].view(n_seq, spec.seq_len)
+    generator = torch.Generator().manual_seed(spec.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=spec.learning_rate, total_steps=spec.train_steps, pct_start=0.1
+    )
+    model.train()
+    started = time.perf_counter()
+    for step in range(spec.train_steps):
+        rows = torch.randint(0, n_seq, (spec.batch_size,), generator=generator)
+        batch = data[rows]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 20 == 0 or step == spec.train_steps - 1:
+            log(f"step {step + 1}/{spec.train_steps} loss {loss.item():.3f}")
+    log(f"trained {spec.train_steps} steps in {time.perf_counter() - started:.1f}s")
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "README.md").write_text(
+        "---\nlicense: apache-2.0\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n"
+        "# tiny-llama\n\nA tiny Llama trained by `quantforge.testing.build_tiny_model` on Python "
+        f"standard-library source for {spec.train_steps} steps. For tests and demos only.\n",
+        encoding="utf-8",
+    )
+    (out / "quantforge-tiny.json").write_text(json.dumps(asdict(spec), indent=2), encoding="utf-8")

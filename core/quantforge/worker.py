@@ -1,0 +1,190 @@
+"""The child process that runs steps: ``python -m quantforge.worker JOB.json RESULT.json``.
+
+The host (:mod:`quantforge.executor`) starts one per unit of work and watches it;
+this side loads the plugins again, runs the job and writes JSON results. A crash
+here is the host's business: it reads what was written and reports the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from quantforge import artifacts, provenance
+from quantforge.interfaces import Artifact, EvalContext, Quantizer, StepContext
+from quantforge.plugins import Plugins, load_plugins
+
+
+def _artifact(data: dict[str, Any]) -> Artifact:
+    return Artifact(Path(data["path"]), data["format"], data.get("manifest", {}))
+
+
+def _error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _append(result: Path, record: dict[str, Any]) -> None:
+    with result.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
+    """Quantize/export steps sharing one input; the input model is loaded once for all."""
+    calibration = job.get("calibration_text")
+    context = StepContext(
+        seed=job.get("seed", 0),
+        calibration_text=Path(calibration).read_text(encoding="utf-8") if calibration else None,
+        log=lambda msg: print(msg, flush=True),
+    )
+    for step in job["steps"]:
+        method = plugins.methods.get(step["method"])
+        try:
+            method.check_available()
+            source = _artifact(step["source"])
+            with artifacts.building(Path(step["output"])) as tmp:
+                if isinstance(method, Quantizer):
+                    method.quantize(source, step["options"], tmp, context)
+                else:
+                    method.export(source, step["options"], tmp, context)
+                artifacts.write_manifest(tmp, step["manifest"])
+            _append(result, {"key": step["key"], "ok": True})
+        except Exception as exc:
+            traceback.print_exc()
+            _append(result, {"key": step["key"], "ok": False, "error": _error(exc)})
+
+
+def tokenize(job: dict[str, Any], result: Path) -> None:
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    text = Path(job["text_path"]).read_text(encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(job["model_path"])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    digest = hashlib.sha256()
+    digest.update(text.encode())
+    digest.update(json.dumps(ids).encode())
+    result.write_text(json.dumps({"token_ids": ids, "fingerprint": "sha256:" + digest.hexdigest()}))
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _reset_peak_rss() -> None:
+    """Start the address space's high-water mark afresh (Linux >= 4.0; elsewhere a no-op)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
+    """Load one artifact on one target and run the evaluators (or prepare references)."""
+    target = plugins.targets.get(job["target"])
+    artifact = _artifact(job["artifact"])
+    tokens = json.loads(Path(job["tokens_path"]).read_text(encoding="utf-8"))
+    evaluators = [(plugins.evaluators.get(e["name"]), e) for e in job["evaluators"]]
+    evaluators.sort(key=lambda pair: pair[0].order)
+    needs: list[str] = list(target.requires)
+    for evaluator, _ in evaluators:
+        evaluator.check_available()
+        needs.extend(evaluator.requires)
+    producer = job.get("producer")
+
+    def loader(a: Artifact) -> Any:
+        if producer is None:
+            return None
+        method = plugins.methods.get(producer)
+        needs.extend(method.requires)
+        return method.load_model(a) if isinstance(method, Quantizer) else None
+
+    context = EvalContext(
+        token_ids=tokens["token_ids"],
+        dataset_fingerprint=tokens["fingerprint"],
+        seed=job.get("seed", 0),
+        baseline_rss_bytes=0,
+    )
+    runtime = None
+    if any(e.needs_runtime for e, _ in evaluators) or job["mode"] == "reference":
+        target.check_available()
+        # Import the runtime's libraries first: memory "added by the model" excludes them.
+        import importlib
+
+        for package in target.requires:
+            importlib.import_module(package)
+        _reset_peak_rss()
+        context.baseline_rss_bytes = _rss()
+        runtime = target.load(artifact, job["target_options"], loader)
+    measurements: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    for evaluator, spec in evaluators:
+        try:
+            if job["mode"] == "reference":
+                assert runtime is not None
+                out_dir = Path(spec["reference_dir"])
+                with artifacts.building(out_dir) as tmp:
+                    evaluator.prepare_reference(runtime, spec["options"], context, tmp)
+                continue
+            context.reference_dir = (
+                Path(spec["reference_dir"]) if spec.get("reference_dir") else None
+            )
+            for m in evaluator.evaluate(artifact, runtime, spec["options"], context):
+                measurements.append(
+                    {
+                        "metric": m.metric,
+                        "value": m.value,
+                        "unit": m.unit,
+                        "better": m.better,
+                        "details": dict(m.details),
+                        "evaluator": evaluator.name,
+                        "evaluator_version": spec["version"],
+                        "kind": "measured" if target.measured else "estimated",
+                    }
+                )
+        except Exception as exc:
+            traceback.print_exc()
+            errors[evaluator.name] = _error(exc)
+    env = provenance.environment(target.hardware(), needs)
+    if runtime is not None:
+        runtime.close()
+    result.write_text(
+        json.dumps(
+            {
+                "measurements": measurements,
+                "errors": errors,
+                "environment": env,
+                "dataset_fingerprint": tokens["fingerprint"],
+                "measured_at": provenance.now(),
+            }
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    result = Path(args[1])
+    if job["kind"] == "tokenize":
+        tokenize(job, result)
+        return 0
+    plugins = load_plugins()
+    if job["kind"] == "steps":
+        run_steps(plugins, job, result)
+    elif job["kind"] == "evaluate":
+        evaluate(plugins, job, result)
+    else:
+        raise SystemExit(f"unknown job kind {job['kind']!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

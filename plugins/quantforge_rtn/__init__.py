@@ -1,0 +1,64 @@
+"""First-party quantizer: group-wise round-to-nearest int4/int8 weights, in plain torch.
+
+The always-available baseline every other method is compared against: no
+calibration, no extra library. Linear weights are stored packed (two int4 per
+byte) with one float16 scale (and zero point when asymmetric) per group of input
+columns, and dequantized on the fly at inference, so both the file and the
+loaded model are really smaller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from quantforge import Artifact, Option, OptionSet, Quantizer, StepContext, hookimpl
+from quantforge.options import OptionValue
+
+
+class RTNQuantizer(Quantizer):
+    name = "rtn"
+    method = "round-to-nearest"
+    description = "group-wise round-to-nearest int4/int8 weights (torch, no calibration)"
+    output_format = "hf+rtn"
+    requires = ("torch", "transformers", "safetensors")
+    extra = "rtn"
+    options = OptionSet(
+        [
+            Option("bits", int, 4, "weight bits", choices=[4, 8]),
+            Option("group_size", int, 128, "input columns sharing one scale", min=16, max=8192),
+            Option("symmetric", bool, True, "symmetric (no zero point)"),
+            Option(
+                "skip",
+                str,
+                "lm_head",
+                "comma-separated module name suffixes kept in full precision",
+            ),
+        ],
+        presets={"int4": {"bits": 4}, "int8": {"bits": 8}},
+    )
+
+    def bits(self, options: Mapping[str, OptionValue]) -> float | None:
+        return float(options["bits"])
+
+    def quantize(
+        self,
+        source: Artifact,
+        options: Mapping[str, OptionValue],
+        output: Path,
+        context: StepContext,
+    ) -> None:
+        from quantforge_rtn.rtn import quantize_folder
+
+        quantize_folder(source.path, output, options, context)
+
+    def load_model(self, artifact: Artifact) -> Any | None:
+        from quantforge_rtn.rtn import load_quantized
+
+        return load_quantized(artifact.path)
+
+
+@hookimpl
+def register_quantizers(register: Callable[[Quantizer], None]) -> None:
+    register(RTNQuantizer())

@@ -1,0 +1,179 @@
+"""The torch side of RTN: quantize, pack, save, and load with on-the-fly dequantization."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from quantforge.artifacts import copy_tokenizer_files
+from quantforge.errors import OptionError
+from quantforge.interfaces import StepContext
+from quantforge.options import OptionValue
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CONFIG_FILE = "rtn_config.json"
+
+
+def quantize_weight(
+    weight: torch.Tensor, bits: int, group_size: int, symmetric: bool
+) -> dict[str, torch.Tensor]:
+    """Round ``weight`` [out, in] to ``bits`` per group of ``group_size`` input columns."""
+    out_features, in_features = weight.shape
+    w = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = (w.abs().amax(dim=-1, keepdim=True) / qmax).clamp(min=1e-8)
+        q = torch.clamp(torch.round(w / scale), -qmax - 1, qmax) + (qmax + 1)
+        zero = torch.full_like(scale, qmax + 1)
+    else:
+        qmax = 2**bits - 1
+        lo = w.amin(dim=-1, keepdim=True)
+        hi = w.amax(dim=-1, keepdim=True)
+        scale = ((hi - lo) / qmax).clamp(min=1e-8)
+        zero = torch.round(-lo / scale)
+        q = torch.clamp(torch.round(w / scale) + zero, 0, qmax)
+    q = q.to(torch.uint8).reshape(out_features, in_features)
+    if bits == 4:
+        q = q[:, 0::2] | (q[:, 1::2] << 4)
+    return {
+        "qweight": q.contiguous(),
+        "scales": scale.half().squeeze(-1),
+        "zeros": zero.half().squeeze(-1),
+    }
+
+
+def dequantize(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int
+) -> torch.Tensor:
+    if bits == 4:
+        q = torch.stack([qweight & 0x0F, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1)
+    else:
+        q = qweight
+    out_features, in_features = q.shape
+    q = q.reshape(out_features, in_features // group_size, group_size).float()
+    w = (q - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)
+    return w.reshape(out_features, in_features)
+
+
+class RTNLinear(nn.Module):
+    """A Linear whose weight lives packed; dequantized for each forward."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bits: int, group_size: int, bias: bool
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size = bits, group_size
+        packed = in_features // 2 if bits == 4 else in_features
+        groups = in_features // group_size
+        self.register_buffer("qweight", torch.zeros(out_features, packed, dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(out_features, groups, dtype=torch.float16))
+        self.register_buffer("zeros", torch.zeros(out_features, groups, dtype=torch.float16))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = dequantize(self.qweight, self.scales, self.zeros, self.bits, self.group_size)
+        return nn.functional.linear(x, w.to(x.dtype), self.bias)
+
+
+def _targets(model: nn.Module, skip: list[str], group_size: int) -> dict[str, nn.Linear]:
+    chosen: dict[str, nn.Linear] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or any(name.endswith(s) for s in skip):
+            continue
+        if module.in_features % group_size:
+            raise OptionError(
+                "rtn",
+                "group_size",
+                f"must divide {name}'s {module.in_features} input columns, got {group_size}",
+            )
+        chosen[name] = module
+    return chosen
+
+
+def quantize_folder(
+    source: Path, output: Path, options: Mapping[str, OptionValue], context: StepContext
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    bits, group_size = int(options["bits"]), int(options["group_size"])
+    symmetric = bool(options["symmetric"])
+    skip = [s.strip() for s in str(options["skip"]).split(",") if s.strip()]
+    # Several RTN variants of one base in one worker load the base once.
+    base = context.remember(
+        ("hf-model", str(source)),
+        lambda: AutoModelForCausalLM.from_pretrained(source, device_map="cpu"),
+    )
+    model = copy.deepcopy(base)
+    targets = _targets(model, skip, group_size)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        module = name.rsplit(".", 1)[0]
+        if module in targets and name.endswith(".weight"):
+            for key, value in quantize_weight(tensor, bits, group_size, symmetric).items():
+                tensors[f"{module}.{key}"] = value
+        else:
+            tensors[name] = tensor.contiguous()
+    save_file(tensors, str(output / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(output)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(output)
+    (output / CONFIG_FILE).write_text(
+        json.dumps(
+            {
+                "bits": bits,
+                "group_size": group_size,
+                "symmetric": symmetric,
+                "modules": sorted(targets),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    copy_tokenizer_files(source, output)
+    context.log(f"rtn: {len(targets)} linear layers at {bits} bits, group {group_size}")
+
+
+def load_quantized(path: Path) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    for name in spec["modules"]:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        setattr(
+            parent,
+            child,
+            RTNLinear(
+                old.in_features,
+                old.out_features,
+                spec["bits"],
+                spec["group_size"],
+                old.bias is not None,
+            ),
+        )
+    state = load_file(str(path / "model.safetensors"))
+    _, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    still_meta = [n for n, p in model.named_parameters() if p.is_meta]
+    if unexpected or still_meta:
+        raise RuntimeError(
+            f"RTN checkpoint {path} does not match its config: "
+            f"unexpected {unexpected[:3]}, not loaded {still_meta[:3]}"
+        )
+    # Non-persistent buffers (rotary inv_freq) are not in the file: rebuild their modules.
+    for name, module in list(model.named_modules()):
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, type(module)(config=config))
+    return model.eval()

@@ -1,0 +1,104 @@
+"""First-party device target: this machine's CPU, running HF-format variants with transformers."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from quantforge import Artifact, GenerationTiming, Option, OptionSet, Runtime, Target, hookimpl
+from quantforge.options import OptionValue
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class LocalCPU(Target):
+    """Runs ``hf`` variants (plain, bitsandbytes, RTN, ...) on this machine's CPU."""
+
+    name = "cpu"
+    description = "this machine's CPU, with transformers (measured)"
+    formats = frozenset({"hf"})
+    measured = True
+    requires = ("torch", "transformers")
+    extra = "torch"
+    options = OptionSet([Option("threads", int, 0, "torch threads (0: torch's default)", min=0)])
+
+    def hardware(self) -> str:
+        import psutil
+
+        mem = psutil.virtual_memory().total / 2**30
+        return f"{_cpu_name()}, {os.cpu_count()} cores, {mem:.1f} GiB RAM ({platform.machine()})"
+
+    def load(
+        self,
+        artifact: Artifact,
+        options: Mapping[str, OptionValue],
+        loader: Callable[[Artifact], Any | None],
+    ) -> Runtime:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        threads = int(options.get("threads", 0))
+        if threads:
+            torch.set_num_threads(threads)
+        model = loader(artifact)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(artifact.path, device_map="cpu")
+        model.eval()
+        return TransformersRuntime(model, torch)
+
+
+class TransformersRuntime(Runtime):
+    """A loaded transformers causal LM; generation uses its KV cache."""
+
+    def __init__(self, model: Any, torch: Any) -> None:
+        self.model = model
+        self.torch = torch
+
+    def logits(self, input_ids: Sequence[int]) -> Any:
+        torch = self.torch
+        with torch.inference_mode():
+            ids = torch.tensor([list(input_ids)], dtype=torch.long)
+            return self.model(input_ids=ids).logits[0].float()
+
+    def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
+        import time
+
+        torch = self.torch
+        with torch.inference_mode():
+            ids = torch.tensor([list(input_ids)], dtype=torch.long)
+            start = time.perf_counter()
+            out = self.model(input_ids=ids, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+            prefill = time.perf_counter() - start
+            past = out.past_key_values
+            start = time.perf_counter()
+            for _ in range(max_new_tokens - 1):
+                out = self.model(input_ids=token, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                token = out.logits[:, -1:].argmax(-1)
+            decode = time.perf_counter() - start
+        return GenerationTiming(
+            prompt_tokens=len(input_ids),
+            new_tokens=max_new_tokens - 1,
+            prefill_seconds=prefill,
+            decode_seconds=decode,
+        )
+
+    def close(self) -> None:
+        del self.model
+
+
+@hookimpl
+def register_targets(register: Callable[[Target], None]) -> None:
+    register(LocalCPU())
