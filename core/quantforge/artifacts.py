@@ -87,6 +87,12 @@ def is_complete(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
+def remove_partial(final: Path) -> None:
+    """Delete temporary folders that a killed worker left while building ``final``."""
+    for tmp in final.parent.glob(f".tmp-{final.name}-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def building(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; rename it to ``final`` on success.

@@ -99,8 +99,8 @@ class Plugins:
 
     def _impls(self, hook: str) -> list[pluggy.HookImpl]:
         caller: pluggy.HookCaller = getattr(self.manager.hook, hook)
-        # pluggy calls the last-registered first; keep its order.
-        return list(reversed(caller.get_hookimpls()))
+        # Registration order, so that on a name clash the plugin loaded first keeps the name.
+        return list(caller.get_hookimpls())
 
     def collect(self) -> None:
         """Call every ``register_*`` hook, one plugin at a time, so one failure stays local."""
@@ -109,8 +109,10 @@ class Plugins:
             for impl in self._impls(hook):
                 info = self.infos[impl.plugin_name]
                 added: list[str] = []
+                available = {"register": self._registrar(registry, info, added)}
                 try:
-                    impl.function(register=self._registrar(registry, info, added))
+                    # Like pluggy, pass only the arguments the implementation declares.
+                    impl.function(**{arg: available[arg] for arg in impl.argnames})
                 except DuplicateNameError as exc:
                     info.errors.append(str(exc))
                 except Exception as exc:

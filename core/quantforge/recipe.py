@@ -1,13 +1,13 @@
 """Run configuration, from a TOML recipe or from command-line flags.
 
-A recipe::
+A recipe (top-level keys such as ``variants`` come before the first ``[table]``)::
+
+    variants = ["base", "rtn:int4", "bnb:nf4",
+                {name = "rtn-g64", method = "rtn", preset = "int4", options = {group_size = 64}}]
 
     [model]
     id = "path/or/org-name"       # required
     revision = "main"             # optional, Hub only
-
-    variants = ["base", "rtn:int4", "bnb:nf4",
-                {name = "rtn-g64", method = "rtn", preset = "int4", options = {group_size = 64}}]
 
     [targets.cpu]                 # or: targets = ["cpu"]
     threads = 2
@@ -105,13 +105,23 @@ def _expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) ->
     return value
 
 
+TOP_LEVEL = {"model", "variants", "targets", "evaluators", "data", "run"}
+
+
 def _keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(table) - allowed)
     if unknown:
         import difflib
 
         close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "allowed: " + ", ".join(sorted(allowed))
+        if close:
+            hint = f"did you mean {close[0]!r}?"
+        elif unknown[0] in TOP_LEVEL and where.startswith("["):
+            hint = (
+                f"in TOML, top-level keys such as {unknown[0]!r} must come before the first [table]"
+            )
+        else:
+            hint = "allowed: " + ", ".join(sorted(allowed))
         raise RecipeError(f"unknown key {unknown[0]!r} in {where}", hint=hint)
 
 
@@ -164,7 +174,7 @@ def load_recipe(path: Path, output: Path | None = None) -> RunConfig:
 def parse_recipe(
     data: Mapping[str, Any], base_dir: Path = Path("."), output: Path | None = None
 ) -> RunConfig:
-    _keys("the recipe", data, {"model", "variants", "targets", "evaluators", "data", "run"})
+    _keys("the recipe", data, TOP_LEVEL)
     if "model" not in data:
         raise RecipeError(
             "the recipe has no [model] table", hint='add [model] with id = "org/name" or a folder'

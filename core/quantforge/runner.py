@@ -323,7 +323,9 @@ class Runner:
             ):
                 summary.steps_run += 1
                 self.reporter.advance(name, "ok")
-            elif line is not None:
+                continue
+            artifacts.remove_partial(self.artifact_path(step.key))
+            if line is not None:
                 failures[step.key] = (
                     f"{step.method} raised {line['error']} (log: {outcome.log_path})"
                 )

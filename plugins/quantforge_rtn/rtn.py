@@ -104,11 +104,13 @@ def quantize_folder(
     bits, group_size = int(options["bits"]), int(options["group_size"])
     symmetric = bool(options["symmetric"])
     skip = [s.strip() for s in str(options["skip"]).split(",") if s.strip()]
+
+    def load_base() -> Any:
+        context.log(f"rtn: loading base model from {source}")
+        return AutoModelForCausalLM.from_pretrained(source, device_map="cpu")
+
     # Several RTN variants of one base in one worker load the base once.
-    base = context.remember(
-        ("hf-model", str(source)),
-        lambda: AutoModelForCausalLM.from_pretrained(source, device_map="cpu"),
-    )
+    base = context.remember(("hf-model", str(source)), load_base)
     model = copy.deepcopy(base)
     targets = _targets(model, skip, group_size)
     tensors: dict[str, torch.Tensor] = {}

@@ -1,0 +1,118 @@
+"""Shared fixtures: one cache for the session, the tiny model, fake plugin distributions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Workers inherit the environment: every process of the session shares one cache.
+    cache = os.environ.get("QUANTFORGE_TEST_CACHE") or str(
+        Path(config.rootpath) / ".pytest_cache" / "quantforge"
+    )
+    os.environ["QUANTFORGE_CACHE_DIR"] = cache
+    os.environ.pop("QUANTFORGE_LOAD_PLUGINS", None)
+    os.environ.pop("QUANTFORGE_DEBUG", None)
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return Path(os.environ["QUANTFORGE_CACHE_DIR"])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(cache_dir: Path) -> Path:
+    from quantforge.testing import build_tiny_model
+
+    return build_tiny_model(cache_dir=cache_dir / "tiny-models")
+
+
+def make_plugin_dist(
+    root: Path, module: str, source: str, *, entry: str | None = None, version: str = "0.0.1"
+) -> Path:
+    """Write an installed-looking distribution (module + dist-info with an entry point) under root."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+    dist = root / f"{module}-{version}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n")
+    (dist / "entry_points.txt").write_text(f"[quantforge]\n{entry or module} = {module}\n")
+    return root
+
+
+def quantforge(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a fresh interpreter, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "quantforge", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def with_pythonpath(path: Path) -> dict[str, str]:
+    old = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(path) + (os.pathsep + old if old else "")}
+
+
+FAULTS_PLUGIN = '''
+"""Test plugin whose steps fail in every way a real one can."""
+import os, signal, time
+from quantforge import Quantizer, OptionSet, Option, hookimpl
+
+class Fault(Quantizer):
+    output_format = "hf+fault"
+    description = "fails on purpose"
+    def quantize(self, source, options, output, context):
+        (output / "partial.bin").write_bytes(b"half-written")
+        self.fail()
+
+class Raises(Fault):
+    name = "faults-raise"
+    def fail(self):
+        raise RuntimeError("boom on purpose")
+
+class Crashes(Fault):
+    name = "faults-crash"
+    def fail(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+class Hangs(Fault):
+    name = "faults-hang"
+    def fail(self):
+        time.sleep(3600)
+
+class NeedsMissing(Fault):
+    name = "faults-missing"
+    requires = ("surely_not_installed_pkg",)
+    extra = "missingextra"
+    def fail(self):
+        raise AssertionError("must not run")
+
+@hookimpl
+def register_quantizers(register):
+    for cls in (Raises, Crashes, Hangs, NeedsMissing):
+        register(cls())
+'''
+
+
+@pytest.fixture
+def faults_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The faults plugin, visible to this process and to workers."""
+    root = make_plugin_dist(tmp_path / "site", "qf_faults", FAULTS_PLUGIN)
+    monkeypatch.syspath_prepend(str(root))
+    for key, value in with_pythonpath(root).items():
+        monkeypatch.setenv(key, value)
+    return root

@@ -1,0 +1,83 @@
+"""Runs with real workers: failures stay local, nothing half-written survives, reruns are free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantforge.planner import parse_variant
+from quantforge.recipe import RunConfig, with_base
+from quantforge.results import ResultsStore
+from quantforge.runner import Runner
+
+
+def _config(model: Path, out: Path, variants: list[str], timeout: float = 60) -> RunConfig:
+    """A run with its own cold cache beside ``out``: every count below is exact."""
+    return RunConfig(
+        model=str(model),
+        variants=with_base([parse_variant(v) for v in variants]),
+        output=out,
+        evaluators={"size": {}},
+        step_timeout=timeout,
+        cache_dir=out.parent / "cache",
+    )
+
+
+def test_failing_steps_are_reported_and_the_rest_go_on(
+    faults_plugin: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    variants = [
+        "rtn:int4,group_size=32",
+        "faults-raise",
+        "rtn:int8,group_size=32",
+        "faults-crash",
+        "faults-hang",
+    ]
+    summary = Runner(_config(tiny_model, tmp_path / "run", variants, timeout=20)).run()
+
+    assert summary.variants["rtn-int4-group_size32"] == "ok"
+    assert summary.variants["rtn-int8-group_size32"] == "ok"
+    assert "raised RuntimeError: boom on purpose" in summary.variants["faults-raise"]
+    assert "killed (SIGKILL" in summary.variants["faults-crash"]
+    assert "timed out after 20s" in summary.variants["faults-hang"]
+    assert summary.status == "partial"
+
+    store = ResultsStore(tmp_path / "run")
+    rows = {v["name"]: v for v in store.variants()}
+    assert rows["faults-crash"]["status"] == "failed" and rows["faults-crash"]["path"] is None
+    measured = {m.variant for m in store.measurements()}
+    assert measured == {"base", "rtn-int4-group_size32", "rtn-int8-group_size32"}
+
+    # Nothing half-written looks complete, and no temporary folder is left behind.
+    artifacts = tmp_path / "cache" / "artifacts"
+    leftovers = [p.name for p in artifacts.iterdir() if p.name.startswith(".tmp")]
+    assert leftovers == []
+    assert not list(artifacts.rglob("partial.bin"))
+    assert not (tmp_path / "run" / "variants" / "faults-crash").exists()
+    assert (tmp_path / "run" / "variants" / "rtn-int4-group_size32" / "quantforge.json").is_file()
+
+    # The two RTN steps shared one worker, which loaded the base once.
+    logs = sorted((tmp_path / "run" / "logs").rglob("*build-rtn+faults-raise+rtn*.log"))
+    assert len(logs) == 1
+    text = logs[0].read_text()
+    assert text.count("rtn: loading base model") == 1
+    assert text.count("linear layers at") == 2
+
+
+def test_a_rerun_with_nothing_changed_recomputes_nothing(tiny_model: Path, tmp_path: Path) -> None:
+    first = Runner(_config(tiny_model, tmp_path / "a", ["rtn:int4,group_size=64"])).run()
+    assert first.status == "ok"
+    assert (first.steps_run, first.evaluations_run) == (1, 2)
+    again = Runner(_config(tiny_model, tmp_path / "b", ["rtn:int4,group_size=64"])).run()
+    assert (again.steps_run, again.evaluations_run) == (0, 0)
+    assert again.steps_cached == 1 and again.evaluations_cached == 2
+    a = {(m.variant, m.metric): m for m in ResultsStore(tmp_path / "a").measurements()}
+    b = {(m.variant, m.metric): m for m in ResultsStore(tmp_path / "b").measurements()}
+    assert {k: m.value for k, m in a.items()} == {k: m.value for k, m in b.items()}
+    # Cached rows keep the provenance of the run that measured them.
+    assert b[("base", "size_mb")].provenance["run_id"] == first.run_id
+
+    changed = Runner(
+        _config(tiny_model, tmp_path / "c", ["rtn:int4,group_size=64", "rtn:int4,group_size=128"])
+    ).run()
+    assert changed.steps_run == 1 and changed.steps_cached == 1
+    assert changed.evaluations_run == 1 and changed.evaluations_cached == 2
