@@ -22,7 +22,9 @@ class Scored:
 def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first scored token) per window; every token after the first is scored
     exactly once, with up to ``window - stride`` tokens of context carried over."""
-    stride = min(stride, window)
+    # A window must overlap the previous one by a token: its first token is predicted
+    # from the position before it.
+    stride = max(1, min(stride, window - 1))
     spans: list[tuple[int, int, int]] = []
     scored_until = 1  # token 0 has no context
     for begin in range(0, n_tokens, stride):
