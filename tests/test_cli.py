@@ -14,7 +14,8 @@ HEAVY = ("torch", "transformers", "bitsandbytes", "safetensors", "accelerate")
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["plugins"], ["plugins", "--all", "--json"], ["methods"]]
+    "argv",
+    [["--help"], ["plugins"], ["plugins", "--json"], ["plugins", "--third-party"], ["methods"]],
 )
 def test_startup_commands_import_no_heavy_library(argv: list[str]) -> None:
     code = (
@@ -212,3 +213,20 @@ def test_results_without_a_store(tmp_path: Path) -> None:
 def test_debug_variable_shows_the_traceback(tmp_path: Path) -> None:
     out = quantforge("results", str(tmp_path), env={"QUANTFORGE_DEBUG": "1"})
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_hub_id_that_cannot_be_fetched_offline(tmp_path: Path) -> None:
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    _fails_with(
+        quantforge(
+            "quantize",
+            "some-org/some-model",
+            "-v",
+            "rtn:int4",
+            "--out",
+            str(tmp_path / "r"),
+            env=env,
+        ),
+        "model 'some-org/some-model' is not a local folder and could not be fetched from the Hub",
+    )
+    assert not (tmp_path / "r").exists()

@@ -154,10 +154,10 @@ def test_import_failure_is_reported_by_name_and_other_commands_work(tmp_path: Pa
 
 
 def test_load_plugins_env_restricts_loading() -> None:
-    out = quantforge("plugins", "--json", "--all", env={"QUANTFORGE_LOAD_PLUGINS": "rtn,metrics"})
+    out = quantforge("plugins", "--json", env={"QUANTFORGE_LOAD_PLUGINS": "rtn,metrics"})
     assert out.returncode == 0
     assert sorted(p["name"] for p in json.loads(out.stdout)) == ["metrics", "rtn"]
-    none = quantforge("plugins", "--json", "--all", env={"QUANTFORGE_LOAD_PLUGINS": ""})
+    none = quantforge("plugins", "--json", env={"QUANTFORGE_LOAD_PLUGINS": ""})
     assert json.loads(none.stdout) == []
 
 

@@ -23,14 +23,15 @@ def _options(obj: Component) -> list[dict[str, Any]]:
 
 def plugins_command(args: argparse.Namespace) -> int:
     plugins = load_plugins()
-    infos = [i for i in plugins.infos.values() if args.all or not i.first_party or i.errors]
+    infos = [i for i in plugins.infos.values() if not (args.third_party and i.first_party)]
     if args.json:
         print(json.dumps([i.as_dict() for i in infos], indent=2))
         return 0
     console = _console()
     if not infos:
-        hidden = len(plugins.infos)
-        console.print(f"No third-party plugins installed ({hidden} first-party; see --all).")
+        console.print(
+            "No plugins loaded." if not plugins.infos else "No third-party plugins installed."
+        )
         return 0
     from rich.table import Table
 

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="installed plugins, what they register, and what is missing")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--all", action="store_true", help="include first-party plugins")
+    p.add_argument("--third-party", action="store_true", help="only plugins from other packages")
     p.set_defaults(handler=_lazy("quantforge.cli.listing", "plugins_command"))
 
     for name, text in (
