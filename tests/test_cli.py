@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,16 @@ def test_hub_id_that_cannot_be_fetched_offline(tmp_path: Path) -> None:
         "model 'some-org/some-model' is not a local folder and could not be fetched from the Hub",
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_reference_is_current() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "quantforge.cli.reference"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    assert out.stdout == (ROOT / "docs" / "cli.md").read_text(), (
+        "docs/cli.md is stale: run COLUMNS=100 python -m quantforge.cli.reference > docs/cli.md"
+    )
