@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from quantforge.errors import MissingDependencyError
+from quantforge.calibration import CalibrationSet
+from quantforge.errors import MissingDependencyError, UsageError
 from quantforge.options import OptionSet, OptionValue
 
 Better = Literal["higher", "lower", "none"]
@@ -23,6 +24,38 @@ Better = Literal["higher", "lower", "none"]
 def format_family(fmt: str) -> str:
     """``"hf+bnb"`` -> ``"hf"``: the family names the runtime that runs a format."""
     return fmt.split("+", 1)[0]
+
+
+def model_widths(config: Mapping[str, Any]) -> dict[str, int]:
+    """Input widths of a decoder's linear layers, from ``config.json`` (for group-size checks)."""
+    widths = {}
+    for key in ("hidden_size", "intermediate_size"):
+        value = config.get(key) or config.get("text_config", {}).get(key)
+        if isinstance(value, int):
+            widths[key] = value
+    return widths
+
+
+def check_group_size(method: str, group_size: int, config: Mapping[str, Any]) -> None:
+    """Refuse a group size that does not divide every linear layer's input width."""
+    if group_size <= 0:
+        return
+    for key, width in model_widths(config).items():
+        if width % group_size:
+            raise UsageError(
+                f"{method}: group_size {group_size} does not divide the model's {key} ({width})",
+                hint="pick a group size that divides it, e.g. 32, 64 or 128",
+            )
+
+
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible, checked without importing torch."""
+    import glob
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 class Component(ABC):
@@ -58,12 +91,14 @@ class Component(ABC):
 class StepContext:
     """What the host gives a quantize or export step.
 
-    ``memo`` is shared by all steps of one worker process: a step that loads the
-    base model can keep it there, so several variants of one base load it once.
+    ``calibration`` holds the tokenized calibration rows when the step declared
+    ``needs_calibration``. ``memo`` is shared by all steps of one worker process:
+    a step that loads the base model can keep it there, so several variants of
+    one base load it once.
     """
 
     seed: int = 0
-    calibration_text: str | None = None
+    calibration: CalibrationSet | None = None
     memo: dict[Any, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
 
@@ -87,15 +122,42 @@ class Artifact:
     manifest: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Quantizer(Component):
-    """Turns a model of ``input_format`` into a lower-precision ``output_format``.
+class Step(Component):
+    """What quantizers and exporters share: formats, and a preflight check of the model.
 
-    :cvar needs_calibration: the step reads ``context.calibration_text``.
-    :cvar method: short method label for tables and cards (``"bitsandbytes"``).
+    :cvar architectures: ``model_type`` values it can process, or ``None`` for any.
     """
 
     input_format: ClassVar[str] = "hf"
     output_format: ClassVar[str]
+    architectures: ClassVar[frozenset[str] | None] = None
+
+    def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
+        """Refuse, before any compute, a model this step cannot process with these options.
+
+        ``config`` is the base model's ``config.json``. Raise :class:`UsageError`
+        naming the reason. The default checks :attr:`architectures`.
+        """
+        supported = self.supported_architectures()
+        model_type = config.get("model_type")
+        if supported is not None and model_type not in supported:
+            raise UsageError(
+                f"{self.name} cannot process {model_type!r} models",
+                hint="`quantforge methods` lists what each method supports",
+            )
+
+    def supported_architectures(self) -> frozenset[str] | None:
+        """``model_type`` values it can process (``None``: any); may read its library's tables."""
+        return self.architectures
+
+
+class Quantizer(Step):
+    """Turns a model of ``input_format`` into a lower-precision ``output_format``.
+
+    :cvar needs_calibration: the step reads ``context.calibration`` (tokenized rows).
+    :cvar method: short method label for tables and cards (``"bitsandbytes"``).
+    """
+
     needs_calibration: ClassVar[bool] = False
     method: ClassVar[str] = ""
 
@@ -123,11 +185,8 @@ class Quantizer(Component):
         return None
 
 
-class Exporter(Component):
+class Exporter(Step):
     """Turns a model of ``input_format`` into another format at the same precision."""
-
-    input_format: ClassVar[str] = "hf"
-    output_format: ClassVar[str]
 
     @abstractmethod
     def export(

@@ -84,6 +84,7 @@ class Step:
     input_format: str
     output_format: str
     key: str  # cache key of this step's output
+    calibration: str | None = None  # fingerprint of the calibration set, when it calibrates
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -95,6 +96,7 @@ class Step:
             "input_format": self.input_format,
             "output_format": self.output_format,
             "key": self.key,
+            "calibration": self.calibration,
         }
 
 
@@ -109,7 +111,12 @@ class VariantPlan:
 
 
 def step_key(
-    previous: str, method: str, plugin_version: str, impl_version: str, options: Mapping[str, Any]
+    previous: str,
+    method: str,
+    plugin_version: str,
+    impl_version: str,
+    options: Mapping[str, Any],
+    calibration: str | None = None,
 ) -> str:
     blob = json.dumps(
         {
@@ -118,6 +125,7 @@ def step_key(
             "plugin": plugin_version,
             "impl": impl_version,
             "options": options,
+            "calibration": calibration,
         },
         sort_keys=True,
     )
@@ -139,10 +147,25 @@ def _exporter_chain(plugins: Plugins, start: str, goal: str) -> list[Exporter] |
     return None
 
 
+def needs_calibration(plugins: Plugins, spec: VariantSpec) -> bool:
+    if spec.method is None:
+        return False
+    method = plugins.methods.get(spec.method)
+    return isinstance(method, Quantizer) and method.needs_calibration
+
+
 def plan_variant(
-    plugins: Plugins, spec: VariantSpec, base_key: str, base_format: str = "hf"
+    plugins: Plugins,
+    spec: VariantSpec,
+    base_key: str,
+    base_format: str = "hf",
+    calibration: str | None = None,
 ) -> VariantPlan:
-    """Plan ``spec``; raise before any compute on an unknown method, bad option or no chain."""
+    """Plan ``spec``; raise before any compute on an unknown method, bad option or no chain.
+
+    ``calibration`` is the calibration set's fingerprint; it enters the key of every
+    step that calibrates.
+    """
     if spec.method is None:
         return VariantPlan(spec, (), base_format, base_key, None, "unquantized")
     last: Method = plugins.methods.get(spec.method)
@@ -162,7 +185,14 @@ def plan_variant(
         plugin = plugins.methods.plugin_of(obj.name)
         info = plugins.infos[plugin]
         version = info.version or "0"
-        key = step_key(key, obj.name, version, obj.version, options)
+        calibrates = isinstance(obj, Quantizer) and obj.needs_calibration
+        if calibrates and calibration is None:
+            raise UsageError(
+                f"{obj.name} needs calibration data",
+                hint="set [calibration] source in the recipe or pass --calibration FILE",
+            )
+        fingerprint = calibration if calibrates else None
+        key = step_key(key, obj.name, version, obj.version, options, fingerprint)
         steps.append(
             Step(
                 method=obj.name,
@@ -174,6 +204,7 @@ def plan_variant(
                 input_format=obj.input_format,
                 output_format=obj.output_format,
                 key=key,
+                calibration=fingerprint,
             )
         )
     bits = last.bits(steps[-1].options) if isinstance(last, Quantizer) else None

@@ -18,7 +18,13 @@ A recipe (top-level keys such as ``variants`` come before the first ``[table]``)
 
     [data]
     eval_text = "eval.txt"        # default: built-in held-out text
-    calibration_text = "calib.txt"
+
+    [calibration]                 # for methods that calibrate (GPTQ, AWQ, ...)
+    source = "calib.jsonl"        # .txt, .jsonl, or a Hub dataset id
+    column = "text"               # .jsonl and Hub datasets
+    split = "train"               # Hub datasets
+    samples = 128
+    seq_len = 512
 
     [run]
     output = "runs/demo"
@@ -34,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantforge.calibration import CalibrationSpec
 from quantforge.errors import RecipeError
 from quantforge.planner import BASE, VariantSpec, check_variant_name, parse_variant
 
@@ -56,7 +63,7 @@ class RunConfig:
     targets: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(DEFAULT_TARGETS))
     evaluators: dict[str, dict[str, Any]] | None = None  # None: every installed evaluator
     eval_text: Path | None = None
-    calibration_text: Path | None = None
+    calibration: CalibrationSpec | None = None
     seed: int = 0
     step_timeout: float = 3600.0
     cache_dir: Path | None = None
@@ -72,7 +79,7 @@ class RunConfig:
             "targets": self.targets,
             "evaluators": self.evaluators,
             "eval_text": str(self.eval_text) if self.eval_text else None,
-            "calibration_text": str(self.calibration_text) if self.calibration_text else None,
+            "calibration": self.calibration.describe() if self.calibration else None,
             "seed": self.seed,
             "step_timeout": self.step_timeout,
         }
@@ -105,7 +112,7 @@ def _expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) ->
     return value
 
 
-TOP_LEVEL = {"model", "variants", "targets", "evaluators", "data", "run"}
+TOP_LEVEL = {"model", "variants", "targets", "evaluators", "data", "calibration", "run"}
 
 
 def _keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
@@ -156,6 +163,29 @@ def _variant(index: int, value: Any) -> VariantSpec:
     return VariantSpec(name, method, preset, options)
 
 
+def _calibration(value: Any, base_dir: Path) -> CalibrationSpec | None:
+    if value is None:
+        return None
+    table = _expect("[calibration]", value, dict, "a table")
+    _keys("[calibration]", table, {"source", "samples", "seq_len", "column", "split", "config"})
+    if "source" not in table:
+        raise RecipeError(
+            "[calibration] has no source", hint='add source = "calib.txt" or a Hub dataset id'
+        )
+    source = _expect("calibration.source", table["source"], str, "a path or a Hub dataset id")
+    if (base_dir / source).exists() or Path(source).suffix in (".txt", ".jsonl"):
+        source = str(base_dir / source)
+    config = table.get("config")
+    return CalibrationSpec(
+        source=source,
+        samples=_expect("calibration.samples", table.get("samples", 128), int, "an integer"),
+        seq_len=_expect("calibration.seq_len", table.get("seq_len", 512), int, "an integer"),
+        column=_expect("calibration.column", table.get("column", "text"), str, "a string"),
+        split=_expect("calibration.split", table.get("split", "train"), str, "a string"),
+        config=None if config is None else _expect("calibration.config", config, str, "a string"),
+    )
+
+
 def load_recipe(path: Path, output: Path | None = None) -> RunConfig:
     """Read and validate a recipe; unknown keys and wrong types are refused with their path."""
     try:
@@ -198,7 +228,8 @@ def parse_recipe(
     )
     evaluators = _named_tables("evaluators", data["evaluators"]) if "evaluators" in data else None
     data_table = _expect("[data]", data.get("data", {}), dict, "a table")
-    _keys("[data]", data_table, {"eval_text", "calibration_text"})
+    _keys("[data]", data_table, {"eval_text"})
+    calibration = _calibration(data.get("calibration"), base_dir)
     run = _expect("[run]", data.get("run", {}), dict, "a table")
     _keys("[run]", run, {"output", "seed", "step_timeout"})
 
@@ -224,7 +255,7 @@ def parse_recipe(
         targets=targets,
         evaluators=evaluators,
         eval_text=file("eval_text"),
-        calibration_text=file("calibration_text"),
+        calibration=calibration,
         seed=seed,
         step_timeout=float(timeout),
     )

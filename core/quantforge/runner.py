@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import artifacts, provenance
+from quantforge.calibration import fingerprint as calibration_fingerprint
 from quantforge.errors import QuantforgeError, RecipeError, UsageError
 from quantforge.executor import JobOutcome, LocalExecutor
-from quantforge.interfaces import Artifact, Evaluator, Quantizer, Target
+from quantforge.interfaces import Artifact, Evaluator, Target
 from quantforge.model_source import BaseModel, resolve_model
-from quantforge.planner import VariantPlan, plan_variant
+from quantforge.planner import VariantPlan, needs_calibration, plan_variant
 from quantforge.plugins import Plugins, load_plugins
 from quantforge.recipe import RunConfig
 from quantforge.results import ResultsStore
@@ -61,6 +62,7 @@ class Preflight:
     evaluators: list[tuple[Evaluator, dict[str, Any], str]]  # object, options, version
     eval_text: Path
     not_runnable: dict[tuple[str, str], str] = field(default_factory=dict)
+    calibration: str | None = None  # fingerprint, when a step calibrates
 
 
 @dataclass
@@ -126,30 +128,44 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
         )
     eval_text = config.eval_text or _builtin_eval_text(cache_dir)
     _check_text_file(eval_text, "evaluation text")
-    if config.calibration_text is not None:
-        _check_text_file(config.calibration_text, "calibration text")
     base = resolve_model(config.model, config.revision, cache_dir)
     base_key = _digest("base", base.identity)
-    plans = [plan_variant(plugins, spec, base_key) for spec in config.variants]
+    calibration = None
+    calibrating = [s.method for s in config.variants if needs_calibration(plugins, s)]
+    if calibrating:
+        if config.calibration is None:
+            raise UsageError(
+                f"{calibrating[0]} needs calibration data",
+                hint="set [calibration] source in the recipe or pass --calibration FILE",
+            )
+        calibration = calibration_fingerprint(config.calibration)
+    plans = [
+        plan_variant(plugins, spec, base_key, calibration=calibration) for spec in config.variants
+    ]
+    model_config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
     for plan in plans:
         for step in plan.steps:
             method = plugins.methods.get(step.method)
             method.check_available()
-            if (
-                isinstance(method, Quantizer)
-                and method.needs_calibration
-                and config.calibration_text is None
-            ):
-                raise UsageError(
-                    f"{step.method} needs calibration text",
-                    hint="set [data] calibration_text in the recipe or pass --calibration-text",
-                )
+            method.check_model(step.options, model_config)
     not_runnable = {}
     for plan in plans:
         for name, (target, _) in targets.items():
             if not target.runs(plan.format):
                 not_runnable[(plan.spec.name, name)] = f"{name} does not run {plan.format} models"
-    return Preflight(base, plans, targets, evaluators, eval_text, not_runnable)
+    return Preflight(base, plans, targets, evaluators, eval_text, not_runnable, calibration)
+
+
+def _worker_message(outcome: JobOutcome) -> str:
+    """The worker's own one-line error when it wrote one, else how it ended."""
+    if outcome.result_path.exists():
+        try:
+            error = outcome.json().get("error")
+        except ValueError:
+            error = None
+        if error:
+            return str(error)
+    return outcome.failure or "no result"
 
 
 class Runner:
@@ -166,6 +182,7 @@ class Runner:
         self.reporter = reporter or Reporter()
         self.cache_dir = config.cache_dir or default_cache_dir()
         self.artifacts_dir = self.cache_dir / "artifacts"
+        self._calibration_rows: Path | None = None
 
     def artifact_path(self, key: str) -> Path:
         return self.artifacts_dir / key
@@ -189,6 +206,7 @@ class Runner:
         summary = RunSummary(run_id, output, "running", {}, {})
         try:
             tokens = self._tokenize(executor, plan)
+            self._calibration_rows = self._calibrate(executor, plan)
             failures = self._build(executor, plan, summary)
             self._record_variants(store, run_id, plan, failures, summary)
             references = self._references(executor, plan, tokens)
@@ -227,6 +245,33 @@ class Runner:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(outcome.result_path, path)
         self.reporter.advance("tokenize", "ok")
+        return path
+
+    def _calibrate(self, executor: LocalExecutor, plan: Preflight) -> Path | None:
+        """Tokenize the calibration set once with the base tokenizer (cached by fingerprint)."""
+        spec = self.config.calibration
+        if plan.calibration is None or spec is None:
+            return None
+        key = _digest("calibration", plan.calibration, plan.base.content_hash)
+        path = self.cache_dir / "calibration" / f"{key}.json"
+        if path.exists():
+            return path
+        self.reporter.stage("tokenizing calibration data", 1)
+        job = {
+            "kind": "calibrate",
+            "model_path": str(plan.base.path),
+            "spec": spec.describe(),
+            "fingerprint": plan.calibration,
+        }
+        outcome = executor.run(job, "calibrate", self.config.step_timeout)
+        if outcome.failure or not outcome.result_path.exists():
+            raise QuantforgeError(
+                f"could not prepare the calibration data: {_worker_message(outcome)}",
+                hint=f"see {outcome.log_path}",
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(outcome.result_path, path)
+        self.reporter.advance("calibration", "ok")
         return path
 
     def _source_of(self, plan: Preflight, vplan: VariantPlan, index: int) -> Artifact:
@@ -276,6 +321,7 @@ class Runner:
                 "content_hash": plan.base.content_hash,
             },
             "steps": [s.describe() for s in vplan.steps[: i + 1]],
+            "calibration": self._calibration_record(plan) if step.calibration else None,
             "created": provenance.now(),
         }
         return {
@@ -291,6 +337,12 @@ class Runner:
             "manifest": manifest,
         }
 
+    def _calibration_record(self, plan: Preflight) -> dict[str, Any] | None:
+        spec = self.config.calibration
+        if spec is None or plan.calibration is None:
+            return None
+        return {**spec.describe(), "fingerprint": plan.calibration}
+
     def _run_group(
         self,
         executor: LocalExecutor,
@@ -304,9 +356,7 @@ class Runner:
         job = {
             "kind": "steps",
             "seed": self.config.seed,
-            "calibration_text": str(self.config.calibration_text)
-            if self.config.calibration_text
-            else None,
+            "calibration_path": str(self._calibration_rows) if self._calibration_rows else None,
             "steps": [self._step_job(plan, vplan, i) for vplan, i in members],
         }
         label = "+".join(vplan.steps[i].method for vplan, i in members)
@@ -376,6 +426,9 @@ class Runner:
                 steps=[s.describe() for s in vplan.steps],
                 status="ok" if error is None else "failed",
                 error=error,
+                calibration=self._calibration_record(plan)
+                if any(s.calibration for s in vplan.steps)
+                else None,
             )
 
     @staticmethod

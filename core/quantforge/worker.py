@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import artifacts, provenance
+from quantforge.calibration import CalibrationSet
 from quantforge.interfaces import Artifact, EvalContext, Quantizer, StepContext
 from quantforge.plugins import Plugins, load_plugins
 
@@ -38,10 +39,13 @@ def _append(result: Path, record: dict[str, Any]) -> None:
 
 def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
     """Quantize/export steps sharing one input; the input model is loaded once for all."""
-    calibration = job.get("calibration_text")
+    calibration = None
+    if job.get("calibration_path"):
+        rows = json.loads(Path(job["calibration_path"]).read_text(encoding="utf-8"))
+        calibration = CalibrationSet(rows["samples"], rows["fingerprint"], rows["spec"])
     context = StepContext(
         seed=job.get("seed", 0),
-        calibration_text=Path(calibration).read_text(encoding="utf-8") if calibration else None,
+        calibration=calibration,
         log=lambda msg: print(msg, flush=True),
     )
     for step in job["steps"]:
@@ -73,6 +77,26 @@ def tokenize(job: dict[str, Any], result: Path) -> None:
     digest.update(text.encode())
     digest.update(json.dumps(ids).encode())
     result.write_text(json.dumps({"token_ids": ids, "fingerprint": "sha256:" + digest.hexdigest()}))
+
+
+def calibrate(job: dict[str, Any], result: Path) -> None:
+    """Tokenize the calibration source into rows; a clear error goes into the result."""
+    from quantforge.calibration import CalibrationSpec, load_texts, make_rows
+    from quantforge.errors import QuantforgeError
+
+    spec = CalibrationSpec(**job["spec"])
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(job["model_path"])
+        streams = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in load_texts(spec)]
+        rows = make_rows(streams, spec)
+    except QuantforgeError as exc:
+        result.write_text(json.dumps({"error": str(exc)}))
+        raise SystemExit(3) from None
+    result.write_text(
+        json.dumps({"samples": rows, "fingerprint": job["fingerprint"], "spec": job["spec"]})
+    )
 
 
 def _rss() -> int:
@@ -175,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     result = Path(args[1])
     if job["kind"] == "tokenize":
         tokenize(job, result)
+        return 0
+    if job["kind"] == "calibrate":
+        calibrate(job, result)
         return 0
     plugins = load_plugins()
     if job["kind"] == "steps":

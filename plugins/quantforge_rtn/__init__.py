@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import Artifact, Option, OptionSet, Quantizer, StepContext, hookimpl
+from quantforge.interfaces import check_group_size
 from quantforge.options import OptionValue
 
 
@@ -41,6 +42,10 @@ class RTNQuantizer(Quantizer):
 
     def bits(self, options: Mapping[str, OptionValue]) -> float | None:
         return float(options["bits"])
+
+    def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
+        super().check_model(options, config)
+        check_group_size(self.name, int(options["group_size"]), config)
 
     def quantize(
         self,

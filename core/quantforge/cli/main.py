@@ -73,7 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--evaluator", action="append", dest="evaluators", help="evaluator (default: all)"
     )
     p.add_argument("--eval-text", type=Path, help="evaluation text file (default: built-in sample)")
-    p.add_argument("--calibration-text", type=Path, help="calibration text file")
+    p.add_argument(
+        "--calibration",
+        metavar="SOURCE",
+        help="calibration data: .txt, .jsonl, or a Hub dataset id",
+    )
+    p.add_argument(
+        "--calibration-samples", type=int, default=128, metavar="N", help="rows (default 128)"
+    )
+    p.add_argument(
+        "--calibration-seq-len",
+        type=int,
+        default=512,
+        metavar="N",
+        help="tokens per row (default 512)",
+    )
+    p.add_argument("--calibration-column", default="text", help="text column of .jsonl / datasets")
+    p.add_argument("--calibration-split", default="train", help="split of a Hub dataset")
     p.add_argument("--revision", help="Hub revision of MODEL")
     p.add_argument("--out", type=Path, default=Path("runs/quantize"), help="output folder")
     p.add_argument("--step-timeout", type=float, default=3600.0, help="seconds per step")

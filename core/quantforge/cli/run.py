@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from quantforge.calibration import CalibrationSpec
 from quantforge.recipe import RunConfig, check_unique, load_recipe, with_base
 from quantforge.runner import Reporter, RunSummary
 from quantforge.runner import run as run_config
@@ -92,6 +93,18 @@ def run_command(args: argparse.Namespace) -> int:
     return _execute(load_recipe(args.recipe, output=args.out), args.json)
 
 
+def _calibration_from_args(args: argparse.Namespace) -> CalibrationSpec | None:
+    if args.calibration is None:
+        return None
+    return CalibrationSpec(
+        source=args.calibration,
+        samples=args.calibration_samples,
+        seq_len=args.calibration_seq_len,
+        column=args.calibration_column,
+        split=args.calibration_split,
+    )
+
+
 def quantize_command(args: argparse.Namespace) -> int:
     from quantforge.planner import parse_variant
 
@@ -103,7 +116,7 @@ def quantize_command(args: argparse.Namespace) -> int:
         targets={t: {} for t in (args.targets or ["cpu"])},
         evaluators={e: {} for e in args.evaluators} if args.evaluators else None,
         eval_text=args.eval_text,
-        calibration_text=args.calibration_text,
+        calibration=_calibration_from_args(args),
         step_timeout=args.step_timeout,
     )
     return _execute(config, args.json)

@@ -10,6 +10,7 @@ from quantforge.testing.conformance import (
     check_exporter,
     check_quantizer,
     check_target,
+    tiny_calibration,
 )
 from quantforge.testing.tiny_model import (
     TinyModelSpec,
@@ -28,4 +29,5 @@ __all__ = [
     "check_quantizer",
     "check_target",
     "evaluation_text",
+    "tiny_calibration",
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge.artifacts import write_manifest
+from quantforge.calibration import CalibrationSet
 from quantforge.interfaces import (
     Artifact,
     Component,
@@ -65,17 +66,15 @@ def _step(
     out: Path,
     options: Mapping[str, Any] | None,
     preset: str | None,
-    calibration_text: str | None,
+    calibration: CalibrationSet | None,
 ) -> Artifact:
     check_declarations(obj)
     obj.check_available()
     resolved = obj.options.resolve(obj.name, options or {}, preset)
     out.mkdir(parents=True, exist_ok=False)
-    if isinstance(obj, Quantizer) and obj.needs_calibration and calibration_text is None:
-        from quantforge.testing.tiny_model import calibration_text as default_text
-
-        calibration_text = default_text()
-    context = StepContext(calibration_text=calibration_text, log=lambda _m: None)
+    if isinstance(obj, Quantizer) and obj.needs_calibration and calibration is None:
+        calibration = tiny_calibration(model_dir)
+    context = StepContext(calibration=calibration, log=lambda _m: None)
     source = Artifact(model_dir, obj.input_format, {})
     if isinstance(obj, Quantizer):
         obj.quantize(source, resolved, out, context)
@@ -100,15 +99,32 @@ def check_quantizer(
     options: Mapping[str, Any] | None = None,
     preset: str | None = None,
     target: Target | None = None,
-    calibration_text: str | None = None,
+    calibration: CalibrationSet | None = None,
 ) -> Artifact:
-    """Quantize the tiny model; with ``target``, also load and run the result."""
+    """Quantize the tiny model; with ``target``, also load and run the result.
+
+    A quantizer that calibrates gets :func:`tiny_calibration` unless ``calibration`` is given.
+    """
     artifact = _step(
-        quantizer, model_dir, tmp_path / f"{quantizer.name}-out", options, preset, calibration_text
+        quantizer, model_dir, tmp_path / f"{quantizer.name}-out", options, preset, calibration
     )
     if target is not None:
         check_target(target, artifact, loader=quantizer.load_model)
     return artifact
+
+
+def tiny_calibration(model_dir: Path, samples: int = 16, seq_len: int = 128) -> CalibrationSet:
+    """Calibration rows from the tiny model's training-distribution text, tokenized with its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from quantforge.calibration import CalibrationSpec, make_rows
+    from quantforge.testing.tiny_model import calibration_text
+
+    spec = CalibrationSpec(source="builtin:stdlib", samples=samples, seq_len=seq_len)
+    ids = AutoTokenizer.from_pretrained(model_dir)(calibration_text(samples * seq_len * 8))[
+        "input_ids"
+    ]
+    return CalibrationSet(make_rows([ids], spec), "builtin:stdlib", spec.describe())
 
 
 def check_exporter(

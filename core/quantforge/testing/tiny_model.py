@@ -82,7 +82,7 @@ def evaluation_text(max_chars: int = 12_000) -> str:
     return text[:max_chars]
 
 
-def calibration_text(max_chars: int = 8_000) -> str:
+def calibration_text(max_chars: int = 40_000) -> str:
     """Training-distribution text for methods that calibrate (from the end of the corpus)."""
     return training_text(TinyModelSpec().train_chars + max_chars)[-max_chars:]
 
