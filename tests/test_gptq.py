@@ -1,0 +1,227 @@
+"""GPTQ and AWQ through GPTQModel on the tiny model: conformance, exact reloads, a calibrated run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import quantforge
+from quantforge.testing import check_quantizer, tiny_calibration
+from quantforge_gptq import AWQQuantizer, GPTQQuantizer
+from quantforge_transformers import LocalCPU
+
+IDS = list(range(5, 69))
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_model: Path):  # type: ignore[no-untyped-def]
+    return tiny_calibration(tiny_model, samples=16, seq_len=128)
+
+
+def _reloaded_logits(path: Path) -> list[torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    out = []
+    for _ in range(2):
+        model = AutoModelForCausalLM.from_pretrained(path, device_map="cpu")
+        with torch.inference_mode():
+            out.append(model(torch.tensor([IDS])).logits)
+    return out
+
+
+@pytest.mark.parametrize("quantizer", [GPTQQuantizer(), AWQQuantizer()], ids=["gptq", "awq"])
+def test_conformance_and_exact_reload_with_plain_transformers(
+    quantizer, tiny_model: Path, tmp_path: Path, calibration
+) -> None:  # type: ignore[no-untyped-def]
+    artifact = check_quantizer(
+        quantizer, tiny_model, tmp_path, preset="int4", target=LocalCPU(), calibration=calibration
+    )
+    qconfig = json.loads((artifact.path / "config.json").read_text())["quantization_config"]
+    assert qconfig["bits"] == 4 and qconfig["group_size"] == 128
+    assert qconfig["quant_method"] == quantizer.name
+    precision = json.loads((artifact.path / "quantforge-precision.json").read_text())
+    assert precision["modules"]["model.layers.0.mlp.down_proj"] == 4
+    assert precision["modules"]["lm_head"] == "unquantized"
+    first, second = _reloaded_logits(artifact.path)
+    assert torch.equal(first, second)
+    assert quantizer.load_model(artifact) is None  # uniform: plain from_pretrained
+
+
+def _write_recipe(tmp_path: Path, model: Path, calib: Path, variants: str) -> Path:
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f"variants = {variants}\n"
+        'evaluators = ["size", "perplexity", "kl"]\n'
+        f'[model]\nid = "{model}"\n'
+        f'[calibration]\nsource = "{calib}"\nsamples = 16\nseq_len = 128\n'
+        '[run]\noutput = "out"\n'
+    )
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def calib_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from quantforge.testing import calibration_text
+
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text(calibration_text(60_000))
+    return path
+
+
+def test_mixed_precision_run_records_calibration_and_precision(
+    tiny_model: Path, tmp_path: Path, calib_file: Path
+) -> None:
+    variants = '["gptq:int4", {name = "gptq-mixed", method = "gptq", preset = "int4", options = {overrides = "layers\\\\.0\\\\.=8;layers\\\\.3\\\\.=skip"}}]'
+    out = quantforge(
+        "run", str(_write_recipe(tmp_path, tiny_model, calib_file, variants)), "--json"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    rows = {r["variant"]: r for r in result["tables"][0]["rows"]}
+    for name in ("gptq-int4", "gptq-mixed"):
+        assert rows[name]["status"] == "ok", rows[name]["error"]
+        assert {"perplexity", "kl_divergence", "top1_agreement"} <= set(rows[name]["metrics"])
+    uniform, mixed = rows["gptq-int4"]["metrics"], rows["gptq-mixed"]["metrics"]
+    # Layer 0 at 8 bits and layer 3 unquantized: closer to the base, and bigger.
+    assert mixed["kl_divergence"] < uniform["kl_divergence"]
+    assert mixed["size_mb"] > uniform["size_mb"]
+
+    from quantforge.results import ResultsStore
+
+    store = ResultsStore(tmp_path / "out")
+    variants_rows = {v["name"]: v for v in store.variants()}
+    calibration = variants_rows["gptq-mixed"]["calibration"]
+    assert calibration["fingerprint"].startswith("sha256:") and calibration["samples"] == 16
+    assert variants_rows["base"]["calibration"] is None
+    path = Path(variants_rows["gptq-mixed"]["path"])
+    precision = json.loads((path / "quantforge-precision.json").read_text())["modules"]
+    assert precision["model.layers.0.self_attn.q_proj"] == 8
+    assert precision["model.layers.1.self_attn.q_proj"] == 4
+    assert precision["model.layers.3.self_attn.q_proj"] == "unquantized"
+    manifest = json.loads((path / "quantforge.json").read_text())
+    assert manifest["calibration"]["fingerprint"] == calibration["fingerprint"]
+    # Mixed precision reloads exactly through GPTQModel's loader.
+    from quantforge.artifacts import read_artifact
+
+    model = GPTQQuantizer().load_model(read_artifact(path))
+    again = GPTQQuantizer().load_model(read_artifact(path))
+    with torch.inference_mode():
+        assert torch.equal(model(torch.tensor([IDS])).logits, again(torch.tensor([IDS])).logits)
+
+
+def _fails_with(out, *fragments: str) -> None:  # type: ignore[no-untyped-def]
+    """One error line, last on stderr (progress bars of a stage that started may precede it)."""
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert errors == [lines[-1]] and "Traceback" not in out.stderr, out.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("variant", "fragment"),
+    [
+        ("gptq,bits=5", "gptq: option 'bits' must be one of 2, 3, 4, 8, got 5"),
+        ("awq,bits=3", "awq: option 'bits' must be one of 4, got 3"),
+        ("gptq,group_size=96", "must be one of -1, 32, 64, 128, 256, 512, 1024"),
+        (
+            "gptq,group_size=512",
+            "gptq: group_size 512 does not divide the model's hidden_size (256)",
+        ),
+        (
+            "gptq,device=cuda",
+            "gptq: device 'cuda' was asked for, and this machine has no visible GPU",
+        ),
+        ("gptq,overrides=layers=5", "'5' in 'layers=5' must be 2, 3, 4, 8 or skip"),
+    ],
+)
+def test_bad_gptq_options_fail_before_compute(
+    tiny_model: Path, calib_file: Path, tmp_path: Path, variant: str, fragment: str
+) -> None:
+    out = quantforge(
+        "quantize",
+        str(tiny_model),
+        "-v",
+        variant,
+        "--calibration",
+        str(calib_file),
+        "--out",
+        str(tmp_path / "r"),
+    )
+    _fails_with(out, fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_unsupported_architecture_is_refused(
+    tiny_model: Path, calib_file: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "odd-model"
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    config["model_type"] = "surely-not-an-architecture"
+    (model / "config.json").write_text(json.dumps(config))
+    out = quantforge("quantize", str(model), "-v", "gptq:int4", "--calibration", str(calib_file))
+    _fails_with(out, "gptq cannot process 'surely-not-an-architecture' models")
+
+
+def test_calibration_problems(tiny_model: Path, tmp_path: Path) -> None:
+    _fails_with(
+        quantforge("quantize", str(tiny_model), "-v", "gptq:int4"), "gptq needs calibration data"
+    )
+    _fails_with(
+        quantforge(
+            "quantize",
+            str(tiny_model),
+            "-v",
+            "gptq:int4",
+            "--calibration",
+            str(tmp_path / "none.txt"),
+        ),
+        "calibration file",
+        "does not exist",
+    )
+    (tmp_path / "empty.txt").write_text("\n")
+    _fails_with(
+        quantforge(
+            "quantize",
+            str(tiny_model),
+            "-v",
+            "gptq:int4",
+            "--calibration",
+            str(tmp_path / "empty.txt"),
+        ),
+        "is empty",
+    )
+    (tmp_path / "short.txt").write_text("def f():\n    return 1\n")
+    out = quantforge(
+        "quantize",
+        str(tiny_model),
+        "-v",
+        "gptq:int4",
+        "--calibration",
+        str(tmp_path / "short.txt"),
+        "--out",
+        str(tmp_path / "r"),
+    )
+    _fails_with(out, "calibration text gives", "128 samples of 512 tokens need 65536")
+    # The run stopped before building anything: no variant exists.
+    assert not (tmp_path / "r" / "variants").exists()
+
+
+def test_hub_dataset_while_offline(tiny_model: Path, tmp_path: Path) -> None:
+    out = quantforge(
+        "quantize",
+        str(tiny_model),
+        "-v",
+        "gptq:int4",
+        "--calibration",
+        "some-org/some-dataset",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    _fails_with(
+        out, "calibration dataset 'some-org/some-dataset' is on the Hub, and the Hub is offline"
+    )
