@@ -21,6 +21,13 @@ from quantforge.options import OptionSet, OptionValue
 Better = Literal["higher", "lower", "none"]
 
 
+def _findable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package of a dotted name is missing
+        return False
+
+
 def format_family(fmt: str) -> str:
     """``"hf+bnb"`` -> ``"hf"``: the family names the runtime that runs a format."""
     return fmt.split("+", 1)[0]
@@ -77,8 +84,8 @@ class Component(ABC):
     version: ClassVar[str] = "1"
 
     def missing_packages(self) -> list[str]:
-        """Packages from ``requires`` that cannot be found (nothing is imported)."""
-        return [p for p in self.requires if importlib.util.find_spec(p) is None]
+        """Packages from ``requires`` that cannot be found (for ``a.b`` only ``a`` is imported)."""
+        return [p for p in self.requires if not _findable(p)]
 
     def check_available(self) -> None:
         """Raise :class:`MissingDependencyError` naming the pip extra if a package is missing."""

@@ -67,7 +67,9 @@ class TransformersRuntime(Runtime):
 
     def logits(self, input_ids: Sequence[int]) -> Any:
         torch = self.torch
-        with torch.inference_mode():
+        with (
+            torch.no_grad()
+        ):  # not inference_mode: quanto's packed kernels reject inference tensors
             ids = torch.tensor([list(input_ids)], dtype=torch.long)
             return self.model(input_ids=ids).logits[0].float()
 
@@ -75,7 +77,9 @@ class TransformersRuntime(Runtime):
         import time
 
         torch = self.torch
-        with torch.inference_mode():
+        with (
+            torch.no_grad()
+        ):  # not inference_mode: quanto's packed kernels reject inference tensors
             ids = torch.tensor([list(input_ids)], dtype=torch.long)
             start = time.perf_counter()
             out = self.model(input_ids=ids, use_cache=True)
