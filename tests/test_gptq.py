@@ -32,13 +32,24 @@ def _reloaded_logits(path: Path) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("quantizer", [GPTQQuantizer(), AWQQuantizer()], ids=["gptq", "awq"])
-def test_conformance_and_exact_reload_with_plain_transformers(
-    quantizer, tiny_model: Path, tmp_path: Path, calibration
-) -> None:  # type: ignore[no-untyped-def]
-    artifact = check_quantizer(
-        quantizer, tiny_model, tmp_path, preset="int4", target=LocalCPU(), calibration=calibration
-    )
+QUANTIZERS = {"gptq": GPTQQuantizer(), "awq": AWQQuantizer()}
+
+
+@pytest.fixture(scope="module")
+def built(tiny_model: Path, calibration, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Each quantizer through the conformance kit once (with the CPU target loading the result)."""
+    out = {}
+    for name, quantizer in QUANTIZERS.items():
+        tmp = tmp_path_factory.mktemp(name)
+        out[name] = check_quantizer(
+            quantizer, tiny_model, tmp, preset="int4", target=LocalCPU(), calibration=calibration
+        )
+    return out
+
+
+@pytest.mark.parametrize("name", list(QUANTIZERS))
+def test_conformance_and_exact_reload_with_plain_transformers(name: str, built) -> None:  # type: ignore[no-untyped-def]
+    quantizer, artifact = QUANTIZERS[name], built[name]
     qconfig = json.loads((artifact.path / "config.json").read_text())["quantization_config"]
     assert qconfig["bits"] == 4 and qconfig["group_size"] == 128
     assert qconfig["quant_method"] == quantizer.name
@@ -48,6 +59,79 @@ def test_conformance_and_exact_reload_with_plain_transformers(
     first, second = _reloaded_logits(artifact.path)
     assert torch.equal(first, second)
     assert quantizer.load_model(artifact) is None  # uniform: plain from_pretrained
+
+
+AUTOGPTQ_CONFIG = {
+    "bits": 4,
+    "group_size": 128,
+    "damp_percent": 0.01,
+    "desc_act": False,
+    "static_groups": False,
+    "sym": True,
+    "true_sequential": True,
+    "model_name_or_path": None,
+    "model_file_base_name": "model",
+    "quant_method": "gptq",
+    "checkpoint_format": "gptq",
+}
+AUTOAWQ_CONFIG = {
+    "quant_method": "awq",
+    "zero_point": True,
+    "group_size": 128,
+    "bits": 4,
+    "version": "gemm",
+    "modules_to_not_convert": None,
+}
+
+
+def _as_legacy(artifact_path: Path, dest: Path, qconfig: dict[str, object]) -> Path:
+    """The same weights with the config AutoGPTQ / AutoAWQ wrote (no GPTQModel metadata)."""
+    shutil.copytree(
+        artifact_path,
+        dest,
+        ignore=shutil.ignore_patterns("quantforge*", "quant_log.csv", "quantize_config.json"),
+    )
+    config = json.loads((dest / "config.json").read_text())
+    config["quantization_config"] = qconfig
+    (dest / "config.json").write_text(json.dumps(config))
+    if qconfig["quant_method"] == "gptq":
+        (dest / "quantize_config.json").write_text(json.dumps(qconfig))
+    return dest
+
+
+def test_checkpoints_from_autogptq_and_autoawq_are_imported_and_measured(
+    built, tiny_model: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    gptq = _as_legacy(built["gptq"].path, tmp_path / "legacy-gptq", AUTOGPTQ_CONFIG)
+    awq = _as_legacy(built["awq"].path, tmp_path / "legacy-awq", AUTOAWQ_CONFIG)
+    out = quantforge(
+        "quantize",
+        str(tiny_model),
+        "--import",
+        f"old-gptq={gptq}",
+        "--import",
+        f"old-awq={awq}",
+        "--evaluator",
+        "size",
+        "--evaluator",
+        "kl",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads(out.stdout)["tables"][0]["rows"]}
+    assert (
+        rows["old-gptq"]["method"] == "GPTQ (AutoGPTQ)"
+        and rows["old-awq"]["method"] == "AWQ (AutoAWQ)"
+    )
+    for name in ("old-gptq", "old-awq"):
+        assert rows[name]["status"] == "ok", rows[name]["error"]
+        assert rows[name]["bits"] == 4
+        assert 0 < rows[name]["metrics"]["kl_divergence"] < 0.05
+        assert rows[name]["metrics"]["top1_agreement"] > 0.9
+    bad = quantforge("quantize", str(tiny_model), "--import", f"broken={tmp_path / 'nowhere'}")
+    _fails_with(bad, "does not exist")
 
 
 def _write_recipe(tmp_path: Path, model: Path, calib: Path, variants: str) -> Path:

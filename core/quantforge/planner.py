@@ -15,6 +15,7 @@ import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from quantforge.errors import PlanError, UsageError
@@ -34,6 +35,7 @@ class VariantSpec:
     method: str | None = None
     preset: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None  # an existing checkpoint to import instead of building one
 
 
 def parse_variant(text: str) -> VariantSpec:
@@ -108,6 +110,8 @@ class VariantPlan:
     key: str  # cache key of the final artifact (the base's identity for ``base``)
     bits: float | None
     method_label: str
+    path: Path | None = None  # set for imported checkpoints
+    producer: str | None = None  # method whose load_model loads the final artifact
 
 
 def step_key(
@@ -166,6 +170,8 @@ def plan_variant(
     ``calibration`` is the calibration set's fingerprint; it enters the key of every
     step that calibrates.
     """
+    if spec.source is not None:
+        return _plan_import(plugins, spec)
     if spec.method is None:
         return VariantPlan(spec, (), base_format, base_key, None, "unquantized")
     last: Method = plugins.methods.get(spec.method)
@@ -209,4 +215,32 @@ def plan_variant(
         )
     bits = last.bits(steps[-1].options) if isinstance(last, Quantizer) else None
     label = (last.method or last.name) if isinstance(last, Quantizer) else last.name
-    return VariantPlan(spec, tuple(steps), last.output_format, key, bits, label)
+    producer = last.name if isinstance(last, Quantizer) else None
+    return VariantPlan(spec, tuple(steps), last.output_format, key, bits, label, producer=producer)
+
+
+def _plan_import(plugins: Plugins, spec: VariantSpec) -> VariantPlan:
+    """An existing checkpoint: nothing to build; its loader must be installed."""
+    from quantforge.imports import inspect_checkpoint
+    from quantforge.model_source import content_hash
+
+    assert spec.source is not None
+    found = inspect_checkpoint(Path(spec.source))
+    if found.producer is not None:
+        if found.producer not in plugins.methods:
+            raise PlanError(
+                f"variant {spec.name!r} is a {found.method_label} checkpoint, and no installed plugin loads it",
+                hint=f"install the plugin that provides {found.producer!r}",
+            )
+        plugins.methods.get(found.producer).check_available()
+    key = "import-" + content_hash(found.path)[:24]
+    return VariantPlan(
+        spec,
+        (),
+        found.format,
+        key,
+        found.bits,
+        found.method_label,
+        path=found.path.resolve(),
+        producer=found.producer,
+    )

@@ -73,7 +73,13 @@ class RunConfig:
             "model": self.model,
             "revision": self.revision,
             "variants": [
-                {"name": v.name, "method": v.method, "preset": v.preset, "options": dict(v.options)}
+                {
+                    "name": v.name,
+                    "method": v.method,
+                    "preset": v.preset,
+                    "options": dict(v.options),
+                    "import": v.source,
+                }
                 for v in self.variants
             ],
             "targets": self.targets,
@@ -87,7 +93,7 @@ class RunConfig:
 
 def with_base(variants: list[VariantSpec]) -> list[VariantSpec]:
     """The base is always measured: deltas and KL are against it."""
-    if any(v.method is None for v in variants):
+    if any(v.method is None and v.source is None for v in variants):
         return variants
     return [VariantSpec(BASE), *variants]
 
@@ -143,12 +149,18 @@ def _named_tables(where: str, value: Any) -> dict[str, dict[str, Any]]:
     }
 
 
-def _variant(index: int, value: Any) -> VariantSpec:
+def _variant(index: int, value: Any, base_dir: Path) -> VariantSpec:
     where = f"variants[{index}]"
     if isinstance(value, str):
         return parse_variant(value)
     _expect(where, value, dict, "a string like 'rtn:int4' or a table")
-    _keys(where, value, {"name", "method", "preset", "options"})
+    _keys(where, value, {"name", "method", "preset", "options", "import"})
+    if "import" in value:
+        if "name" not in value or set(value) - {"name", "import"}:
+            raise RecipeError(f"{where}: an imported checkpoint takes exactly `name` and `import`")
+        path = _expect(f"{where}.import", value["import"], str, "a path")
+        name = check_variant_name(_expect(f"{where}.name", value["name"], str, "a string"))
+        return VariantSpec(name, source=str(base_dir / path))
     method = _expect(f"{where}.method", value.get("method", BASE), str, "a string")
     if method == BASE:
         return VariantSpec(check_variant_name(str(value.get("name", BASE))))
@@ -222,7 +234,9 @@ def parse_recipe(
         raise RecipeError(
             "the recipe lists no variants", hint='add variants = ["rtn:int4", "bnb:nf4"]'
         )
-    variants = check_unique(with_base([_variant(i, v) for i, v in enumerate(raw_variants)]))
+    variants = check_unique(
+        with_base([_variant(i, v, base_dir) for i, v in enumerate(raw_variants)])
+    )
     targets = (
         _named_tables("targets", data["targets"]) if "targets" in data else dict(DEFAULT_TARGETS)
     )

@@ -187,6 +187,11 @@ class Runner:
     def artifact_path(self, key: str) -> Path:
         return self.artifacts_dir / key
 
+    def _variant_path(self, plan: Preflight, vplan: VariantPlan) -> Path:
+        if vplan.path is not None:  # an imported checkpoint
+            return vplan.path
+        return self.artifact_path(vplan.key) if vplan.steps else plan.base.path
+
     def run(self) -> RunSummary:
         plan = preflight(self.config, self.plugins, self.cache_dir)
         for info in self.plugins.errors():
@@ -400,7 +405,7 @@ class Runner:
         links.mkdir(exist_ok=True)
         for vplan in plan.plans:
             error = next((failures[s.key] for s in vplan.steps if s.key in failures), None)
-            path = self.artifact_path(vplan.key) if vplan.steps else plan.base.path
+            path = self._variant_path(plan, vplan)
             link = links / vplan.spec.name
             if link.is_symlink() or link.exists():
                 link.unlink()
@@ -416,6 +421,7 @@ class Runner:
                         "method": vplan.spec.method,
                         "preset": vplan.spec.preset,
                         "options": dict(vplan.spec.options),
+                        "import": vplan.spec.source,
                     }
                 ),
                 method=vplan.method_label,
@@ -542,12 +548,8 @@ class Runner:
                 summary.evaluations_cached += 1
                 self.reporter.advance(f"{name} on {tname}", "cached")
                 continue
-            path = self.artifact_path(vplan.key) if vplan.steps else plan.base.path
-            producer = (
-                vplan.steps[-1].method
-                if vplan.steps and vplan.steps[-1].kind == "quantize"
-                else None
-            )
+            path = self._variant_path(plan, vplan)
+            producer = vplan.producer
             job = {
                 "kind": "evaluate",
                 "mode": "measure",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from quantforge import Artifact, Option, OptionSet, Quantizer, StepContext, hookimpl
 from quantforge.options import OptionValue
@@ -52,25 +53,10 @@ class BitsAndBytesQuantizer(Quantizer):
         output: Path,
         context: StepContext,
     ) -> None:
-        import torch
         from quantforge.artifacts import copy_tokenizer_files
-        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+        from transformers import AutoModelForCausalLM
 
-        skip = [s.strip() for s in str(options["skip"]).split(",") if s.strip()]
-        if options["quant_type"] == "int8":
-            config = BitsAndBytesConfig(
-                load_in_8bit=True,
-                llm_int8_threshold=float(options["int8_threshold"]),
-                llm_int8_skip_modules=skip,
-            )
-        else:
-            config = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type=str(options["quant_type"]),
-                bnb_4bit_use_double_quant=bool(options["double_quant"]),
-                bnb_4bit_compute_dtype=getattr(torch, str(options["compute_dtype"])),
-                llm_int8_skip_modules=skip,
-            )
+        config = bnb_config(options)
         model = AutoModelForCausalLM.from_pretrained(
             source.path, quantization_config=config, device_map="cpu"
         )
@@ -78,6 +64,27 @@ class BitsAndBytesQuantizer(Quantizer):
         model.save_pretrained(output)
         copy_tokenizer_files(source.path, output)
         context.log(f"bnb: saved {options['quant_type']} checkpoint")
+
+
+def bnb_config(options: Mapping[str, OptionValue]) -> Any:
+    """transformers' ``BitsAndBytesConfig`` for these options (shared with the QLoRA plugin)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    skip = [s.strip() for s in str(options.get("skip", "lm_head")).split(",") if s.strip()]
+    if options["quant_type"] == "int8":
+        return BitsAndBytesConfig(
+            load_in_8bit=True,
+            llm_int8_threshold=float(options.get("int8_threshold", 6.0)),
+            llm_int8_skip_modules=skip,
+        )
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=str(options["quant_type"]),
+        bnb_4bit_use_double_quant=bool(options["double_quant"]),
+        bnb_4bit_compute_dtype=getattr(torch, str(options["compute_dtype"])),
+        llm_int8_skip_modules=skip,
+    )
 
 
 @hookimpl

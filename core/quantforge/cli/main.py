@@ -64,9 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-v",
         "--variant",
         action="append",
-        required=True,
+        default=[],
         dest="variants",
         help="METHOD[:PRESET][,OPTION=VALUE...], e.g. rtn:int4 or bnb:nf4 (repeatable)",
+    )
+    p.add_argument(
+        "--import",
+        action="append",
+        dest="imports",
+        metavar="NAME=PATH",
+        help="measure an existing quantized checkpoint too (AutoGPTQ, AutoAWQ, bnb, ...)",
     )
     p.add_argument("--target", action="append", dest="targets", help="device target (default: cpu)")
     p.add_argument(
@@ -105,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="tiny model -> fp, RTN int4, bnb NF4, bnb int8 -> measured table"
     )
     p.add_argument("--out", type=Path, default=Path("quantforge-demo"), help="output folder")
+    p.add_argument(
+        "--all-methods",
+        action="store_true",
+        help="every installed method (GPTQ, AWQ, bnb, quanto, HQQ, torchao, RTN, mixed precision)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_lazy("quantforge.cli.run", "demo_command"))
     return parser

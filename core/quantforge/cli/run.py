@@ -13,6 +13,28 @@ from quantforge.runner import Reporter, RunSummary
 from quantforge.runner import run as run_config
 
 DEMO_VARIANTS = ["base", "rtn:int4", "bnb:nf4", "bnb:int8"]
+ALL_METHODS_VARIANTS = [
+    *DEMO_VARIANTS,
+    "rtn:int8",
+    "bnb:fp4",
+    "gptq:int8",
+    "gptq:int4",
+    "gptq:int4-act",
+    "gptq:int3",
+    "awq:int4",
+    "quanto:int8",
+    "quanto:int4",
+    "quanto:int2",
+    "hqq:int8",
+    "hqq:int4",
+    "hqq:int3",
+    "hqq:int2",
+    "torchao:int8",
+    "torchao:int8-dyn",
+    "torchao:int4",
+]
+# Mixed precision: the first and last blocks at 8 bits, the rest at 4.
+MIXED = {"overrides": r"layers\.0\.=8;layers\.3\.=8"}
 
 
 class RichReporter(Reporter):
@@ -106,12 +128,23 @@ def _calibration_from_args(args: argparse.Namespace) -> CalibrationSpec | None:
 
 
 def quantize_command(args: argparse.Namespace) -> int:
-    from quantforge.planner import parse_variant
+    from quantforge.errors import UsageError
+    from quantforge.planner import VariantSpec, check_variant_name, parse_variant
 
+    variants = [parse_variant(v) for v in args.variants]
+    for item in args.imports or []:
+        name, eq, path = item.partition("=")
+        if not eq or not name or not path:
+            raise UsageError(f"--import {item!r} is not NAME=PATH")
+        variants.append(VariantSpec(check_variant_name(name), source=path))
+    if not variants:
+        raise UsageError(
+            "nothing to do", hint="give at least one -v METHOD[:PRESET] or --import NAME=PATH"
+        )
     config = RunConfig(
         model=args.model,
         revision=args.revision,
-        variants=check_unique(with_base([parse_variant(v) for v in args.variants])),
+        variants=check_unique(with_base(variants)),
         output=args.out,
         targets={t: {} for t in (args.targets or ["cpu"])},
         evaluators={e: {} for e in args.evaluators} if args.evaluators else None,
@@ -122,13 +155,19 @@ def quantize_command(args: argparse.Namespace) -> int:
     return _execute(config, args.json)
 
 
-def demo_config(model: Path, output: Path) -> RunConfig:
-    from quantforge.planner import parse_variant
+def demo_config(model: Path, output: Path, all_methods: bool = False) -> RunConfig:
+    from quantforge.planner import VariantSpec, parse_variant
 
+    variants = [parse_variant(v) for v in (ALL_METHODS_VARIANTS if all_methods else DEMO_VARIANTS)]
+    calibration = None
+    if all_methods:
+        variants.append(VariantSpec("gptq-int4-mixed", "gptq", "int4", MIXED))
+        calibration = CalibrationSpec(str(_builtin_calibration_file()), samples=32, seq_len=128)
     return RunConfig(
         model=str(model),
-        variants=[parse_variant(v) for v in DEMO_VARIANTS],
+        variants=variants,
         output=output,
+        calibration=calibration,
         evaluators={
             "size": {},
             "speed": {"prompt_tokens": 128, "new_tokens": 33, "repeats": 3},
@@ -137,6 +176,18 @@ def demo_config(model: Path, output: Path) -> RunConfig:
             "kl": {"window": 256, "stride": 128, "max_tokens": 2048},
         },
     )
+
+
+def _builtin_calibration_file() -> Path:
+    from quantforge.runner import default_cache_dir
+    from quantforge.testing.tiny_model import calibration_text
+
+    path = default_cache_dir() / "data" / "builtin-calibration.txt"
+    text = calibration_text(60_000)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return path
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -148,4 +199,4 @@ def demo_command(args: argparse.Namespace) -> int:
     with console.status("building the tiny demo model (cached after the first time)...") as status:
         model = build_tiny_model(log=lambda msg: status.update(f"tiny model: {msg}"))
     console.print(f"tiny model: {model}")
-    return _execute(demo_config(model, args.out), args.json)
+    return _execute(demo_config(model, args.out, args.all_methods), args.json)
