@@ -94,3 +94,50 @@ def test_bnb_checkpoint_reloads_to_identical_logits(
     assert torch.equal(reloaded.logits(IDS), expected), (
         "a second forward must not change the weights"
     )
+
+
+def test_rtn_mixed_precision_keeps_chosen_blocks_at_8_bits(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from quantforge.table import bits_label
+
+    quantizer = RTNQuantizer()
+    artifact = check_quantizer(
+        quantizer,
+        tiny_model,
+        tmp_path,
+        preset="int4",
+        options={"overrides": r"layers\.0\.=8;layers\.3\.mlp=skip"},
+        target=LocalCPU(),
+    )
+    precision = json.loads((artifact.path / "quantforge-precision.json").read_text())
+    modules = precision["modules"]
+    assert (
+        modules["model.layers.0.mlp.down_proj"] == 8
+        and modules["model.layers.0.self_attn.q_proj"] == 8
+    )
+    assert modules["model.layers.1.mlp.down_proj"] == 4
+    assert (
+        modules["model.layers.3.mlp.up_proj"] == "unquantized"
+        and modules["model.layers.3.self_attn.q_proj"] == 4
+    )
+    assert modules["lm_head"] == "unquantized" and modules["model.embed_tokens"] == "unquantized"
+    assert bits_label(4.0, precision) == "4/8"
+    model = quantizer.load_model(artifact)
+    assert (
+        model.model.layers[0].mlp.down_proj.bits == 8
+        and model.model.layers[1].mlp.down_proj.bits == 4
+    )
+    assert isinstance(model.model.layers[3].mlp.up_proj, torch.nn.Linear)
+    again = quantizer.load_model(artifact)
+    assert torch.equal(model(torch.tensor([IDS])).logits, again(torch.tensor([IDS])).logits)
+
+
+def test_rtn_overrides_are_validated() -> None:
+    from quantforge.errors import OptionError
+
+    options = RTNQuantizer.options.resolve("rtn", {"overrides": "layers=3"})
+    with pytest.raises(OptionError, match="'3' in 'layers=3' must be 4, 8 or skip"):
+        RTNQuantizer().check_model(options, {"hidden_size": 256, "intermediate_size": 768})

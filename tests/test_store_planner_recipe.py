@@ -160,3 +160,20 @@ def test_recipe_with_every_section(tmp_path: Path) -> None:
     assert config.evaluators == {"size": {}, "kl": {}}
     assert config.eval_text == tmp_path / "eval.txt" and config.output == tmp_path / "out"
     assert (config.seed, config.step_timeout, config.revision) == (3, 10.0, "main")
+
+
+def test_every_method_of_the_all_methods_demo_passes_preflight(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Plans, options, architectures and calibration of `quantforge demo --all-methods`, without compute."""
+    from quantforge.cli.run import demo_config
+    from quantforge.runner import preflight
+
+    config = demo_config(tiny_model, tmp_path / "out", all_methods=True)
+    plan = preflight(config, load_plugins(), tmp_path / "cache")
+    methods = {p.spec.method for p in plan.plans}
+    assert {"rtn", "bnb", "gptq", "awq", "quanto", "hqq", "torchao", "qlora"} <= methods
+    assert plan.calibration is not None and plan.calibration.startswith("sha256:")
+    calibrated = [p for p in plan.plans if any(s.calibration for s in p.steps)]
+    assert {p.spec.method for p in calibrated} == {"gptq", "awq", "qlora"}
+    assert not (tmp_path / "out").exists()

@@ -15,6 +15,8 @@ from quantforge.errors import ModelSourceError
 from quantforge.interfaces import Artifact
 
 MANIFEST = "quantforge.json"
+# Written by quantizers that know it: which module got which precision (mixed precision).
+PRECISION_FILE = "quantforge-precision.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".onnx", ".xml", ".pt", ".pth")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -80,6 +82,11 @@ def read_artifact(path: Path) -> Artifact:
     """An artifact written by quantforge (its manifest says the format)."""
     manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     return Artifact(path=path, format=manifest["format"], manifest=manifest)
+
+
+def read_precision(path: Path) -> dict[str, Any] | None:
+    file = path / PRECISION_FILE
+    return dict(json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else None
 
 
 def is_complete(path: Path) -> bool:

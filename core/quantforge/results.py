@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS variants (
     name TEXT PRIMARY KEY, run_id TEXT NOT NULL, spec TEXT NOT NULL, method TEXT, bits REAL,
     format TEXT NOT NULL, path TEXT, artifact_key TEXT NOT NULL, steps TEXT NOT NULL,
-    status TEXT NOT NULL, error TEXT, updated TEXT NOT NULL, calibration TEXT
+    status TEXT NOT NULL, error TEXT, updated TEXT NOT NULL, calibration TEXT, precision TEXT
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     variant TEXT NOT NULL, target TEXT NOT NULL, run_id TEXT NOT NULL, status TEXT NOT NULL,
@@ -121,7 +121,7 @@ class ResultsStore:
     def record_variant(self, run_id: str, updated: str, **fields: Any) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO variants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO variants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     fields["name"],
                     run_id,
@@ -136,6 +136,7 @@ class ResultsStore:
                     fields.get("error"),
                     updated,
                     json.dumps(fields.get("calibration")),
+                    json.dumps(fields.get("precision")),
                 ),
             )
 
@@ -200,6 +201,7 @@ class ResultsStore:
         for row in rows:
             row["steps"] = json.loads(row["steps"])
             row["calibration"] = json.loads(row["calibration"] or "null")
+            row["precision"] = json.loads(row["precision"] or "null")
         return rows
 
     def evaluations(self) -> list[dict[str, Any]]:

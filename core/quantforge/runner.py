@@ -432,6 +432,7 @@ class Runner:
                 steps=[s.describe() for s in vplan.steps],
                 status="ok" if error is None else "failed",
                 error=error,
+                precision=artifacts.read_precision(path) if error is None else None,
                 calibration=self._calibration_record(plan)
                 if any(s.calibration for s in vplan.steps)
                 else None,

@@ -59,6 +59,7 @@ def tradeoff_tables(store: ResultsStore) -> list[Table]:
                     "variant": v["name"],
                     "method": v["method"],
                     "bits": v["bits"],
+                    "bits_label": bits_label(v["bits"], v["precision"]),
                     "format": v["format"],
                     "status": status,
                     "error": v["error"] or (ev["error"] if ev else None),
@@ -69,6 +70,17 @@ def tradeoff_tables(store: ResultsStore) -> list[Table]:
             )
         tables.append(Table(target, known + extra, rows))
     return tables
+
+
+def bits_label(bits: float | None, precision: dict[str, Any] | None) -> str:
+    """``4``, or ``4/8`` when a precision map shows several bit widths (mixed precision)."""
+    if precision:
+        widths = sorted(
+            {b for b in precision.get("modules", {}).values() if isinstance(b, int | float)}
+        )
+        if len(widths) > 1:
+            return "/".join(f"{b:g}" for b in widths)
+    return "-" if bits is None else f"{bits:g}"
 
 
 def format_value(metric: str, value: float | None) -> str:

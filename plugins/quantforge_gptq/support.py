@@ -12,12 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from quantforge.artifacts import copy_tokenizer_files
-from quantforge.errors import OptionError
+from quantforge.artifacts import PRECISION_FILE, copy_tokenizer_files
 from quantforge.interfaces import StepContext
 from quantforge.options import OptionValue
-
-PRECISION_FILE = "quantforge-precision.json"
+from quantforge.overrides import Rule
+from quantforge.overrides import parse_overrides as parse_rules
 
 
 def prepare_environment() -> None:
@@ -51,33 +50,11 @@ def gptqmodel_architectures() -> frozenset[str] | None:
     return None
 
 
-def parse_overrides(method: str, text: str) -> list[tuple[str, int | None]]:
-    """``"lm_head=skip;layers\\.0\\.=8"`` -> [(regex, bits or None for skip)]."""
-    rules: list[tuple[str, int | None]] = []
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        pattern, eq, value = part.rpartition("=")
-        if not eq or not pattern:
-            raise OptionError(
-                method, "overrides", f"entry {part!r} is not PATTERN=BITS or PATTERN=skip"
-            )
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise OptionError(
-                method, "overrides", f"pattern {pattern!r} is not a regex ({exc})"
-            ) from None
-        if value == "skip":
-            rules.append((pattern, None))
-        elif value in ("2", "3", "4", "8"):
-            rules.append((pattern, int(value)))
-        else:
-            raise OptionError(
-                method, "overrides", f"{value!r} in {part!r} must be 2, 3, 4, 8 or skip"
-            )
-    return rules
+def parse_overrides(method: str, text: str) -> list[Rule]:
+    return parse_rules(method, text, (2, 3, 4, 8))
 
 
-def _dynamic(rules: list[tuple[str, int | None]]) -> dict[str, dict[str, Any]] | None:
+def _dynamic(rules: list[Rule]) -> dict[str, dict[str, Any]] | None:
     """GPTQModel's ``dynamic`` overrides: ``-:regex`` skips a module, ``+:regex`` changes its bits."""
     if not rules:
         return None

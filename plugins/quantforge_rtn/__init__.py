@@ -36,6 +36,12 @@ class RTNQuantizer(Quantizer):
                 "lm_head",
                 "comma-separated module name suffixes kept in full precision",
             ),
+            Option(
+                "overrides",
+                str,
+                "",
+                "mixed precision: 'PATTERN=BITS|skip;...' (regex over module names), e.g. 'layers\\.0\\.=8'",
+            ),
         ],
         presets={"int4": {"bits": 4}, "int8": {"bits": 8}},
     )
@@ -46,6 +52,9 @@ class RTNQuantizer(Quantizer):
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         super().check_model(options, config)
         check_group_size(self.name, int(options["group_size"]), config)
+        from quantforge.overrides import parse_overrides
+
+        parse_overrides(self.name, str(options["overrides"]), (4, 8))
 
     def quantize(
         self,

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from quantforge.artifacts import copy_tokenizer_files
+from quantforge.artifacts import PRECISION_FILE, copy_tokenizer_files
 from quantforge.errors import OptionError
 from quantforge.interfaces import StepContext
 from quantforge.options import OptionValue
+from quantforge.overrides import Rule, bits_for, parse_overrides
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -81,10 +82,16 @@ class RTNLinear(nn.Module):
         return nn.functional.linear(x, w.to(x.dtype), self.bias)
 
 
-def _targets(model: nn.Module, skip: list[str], group_size: int) -> dict[str, nn.Linear]:
-    chosen: dict[str, nn.Linear] = {}
+def _targets(
+    model: nn.Module, skip: list[str], group_size: int, rules: list[Rule], bits: int
+) -> dict[str, int]:
+    """Linear layers to quantize, with their bits (mixed precision rules applied)."""
+    chosen: dict[str, int] = {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or any(name.endswith(s) for s in skip):
+            continue
+        module_bits = bits_for(name, rules, bits)
+        if module_bits is None:
             continue
         if module.in_features % group_size:
             raise OptionError(
@@ -92,7 +99,7 @@ def _targets(model: nn.Module, skip: list[str], group_size: int) -> dict[str, nn
                 "group_size",
                 f"must divide {name}'s {module.in_features} input columns, got {group_size}",
             )
-        chosen[name] = module
+        chosen[name] = module_bits
     return chosen
 
 
@@ -104,6 +111,7 @@ def quantize_folder(
     bits, group_size = int(options["bits"]), int(options["group_size"])
     symmetric = bool(options["symmetric"])
     skip = [s.strip() for s in str(options["skip"]).split(",") if s.strip()]
+    rules = parse_overrides("rtn", str(options["overrides"]), (4, 8))
 
     def load_base() -> Any:
         context.log(f"rtn: loading base model from {source}")
@@ -112,12 +120,13 @@ def quantize_folder(
     # Several RTN variants of one base in one worker load the base once.
     base = context.remember(("hf-model", str(source)), load_base)
     model = copy.deepcopy(base)
-    targets = _targets(model, skip, group_size)
+    targets = _targets(model, skip, group_size, rules, bits)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         module = name.rsplit(".", 1)[0]
         if module in targets and name.endswith(".weight"):
-            for key, value in quantize_weight(tensor, bits, group_size, symmetric).items():
+            packed = quantize_weight(tensor, targets[module], group_size, symmetric)
+            for key, value in packed.items():
                 tensors[f"{module}.{key}"] = value
         else:
             tensors[name] = tensor.contiguous()
@@ -131,11 +140,16 @@ def quantize_folder(
                 "bits": bits,
                 "group_size": group_size,
                 "symmetric": symmetric,
-                "modules": sorted(targets),
+                "modules": dict(sorted(targets.items())),
             },
             indent=2,
         ),
         encoding="utf-8",
+    )
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Embedding)]
+    precision = {n: targets.get(n, "unquantized") for n in sorted(linear)}
+    (output / PRECISION_FILE).write_text(
+        json.dumps({"default_bits": bits, "modules": precision}, indent=2), encoding="utf-8"
     )
     copy_tokenizer_files(source, output)
     context.log(f"rtn: {len(targets)} linear layers at {bits} bits, group {group_size}")
@@ -148,7 +162,10 @@ def load_quantized(path: Path) -> Any:
     config = AutoConfig.from_pretrained(path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    for name in spec["modules"]:
+    modules = spec["modules"]
+    if isinstance(modules, list):  # written before per-module bits existed
+        modules = {name: spec["bits"] for name in modules}
+    for name, module_bits in modules.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         old = getattr(parent, child)
@@ -158,7 +175,7 @@ def load_quantized(path: Path) -> Any:
             RTNLinear(
                 old.in_features,
                 old.out_features,
-                spec["bits"],
+                module_bits,
                 spec["group_size"],
                 old.bias is not None,
             ),

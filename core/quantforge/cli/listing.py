@@ -78,6 +78,8 @@ def _describe(plugins: Plugins, kind: str) -> list[dict[str, Any]]:
             row["output_format"] = obj.output_format  # type: ignore[attr-defined]
             row["presets"] = sorted(obj.options.presets)
             row["needs_calibration"] = isinstance(obj, Quantizer) and obj.needs_calibration
+            supported = obj.supported_architectures()  # type: ignore[attr-defined]
+            row["architectures"] = "any" if supported is None else sorted(supported)
         if kind == "targets":
             row["formats"] = sorted(obj.formats)  # type: ignore[attr-defined]
             row["measured"] = obj.measured  # type: ignore[attr-defined]
@@ -100,6 +102,15 @@ def _listing(args: argparse.Namespace, kind: str) -> int:
             what = f"[{row['kind']}] {row['input_format']} -> {row['output_format']}\n{what}"
             if row["presets"]:
                 what += "\npresets: " + ", ".join(row["presets"])
+            archs = row["architectures"]
+            shown = (
+                archs
+                if archs == "any"
+                else ", ".join(archs[:6]) + (f" (+{len(archs) - 6})" if len(archs) > 6 else "")
+            )
+            what += f"\narchitectures: {shown}"
+            if row["needs_calibration"]:
+                what += "\nneeds calibration data"
         if kind == "targets":
             what = f"{what}\nruns: {', '.join(row['formats'])}"
         options = "\n".join(f"{o['name']}: {o['spec']}" for o in row["options"]) or "-"

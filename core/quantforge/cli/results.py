@@ -46,7 +46,7 @@ def print_tables(run_dir: Path) -> None:
             table.add_column(title(metric), justify="right")
         table.add_column("status")
         for row in t.rows:
-            bits = "-" if row["bits"] is None else f"{row['bits']:g}"
+            bits = row["bits_label"]
             cells = [format_value(m, row["metrics"].get(m)) for m in t.columns]
             table.add_row(row["variant"], row["method"], bits, *cells, row["status"])
         console.print(table)

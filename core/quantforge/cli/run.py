@@ -32,6 +32,7 @@ ALL_METHODS_VARIANTS = [
     "torchao:int8",
     "torchao:int8-dyn",
     "torchao:int4",
+    "qlora:nf4",
 ]
 # Mixed precision: the first and last blocks at 8 bits, the rest at 4.
 MIXED = {"overrides": r"layers\.0\.=8;layers\.3\.=8"}
@@ -162,6 +163,7 @@ def demo_config(model: Path, output: Path, all_methods: bool = False) -> RunConf
     calibration = None
     if all_methods:
         variants.append(VariantSpec("gptq-int4-mixed", "gptq", "int4", MIXED))
+        variants.append(VariantSpec("rtn-int4-mixed", "rtn", "int4", MIXED))
         calibration = CalibrationSpec(str(_builtin_calibration_file()), samples=32, seq_len=128)
     return RunConfig(
         model=str(model),
