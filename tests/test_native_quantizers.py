@@ -49,3 +49,51 @@ def test_quantizes_and_reloads_exactly(
     assert not torch.equal(first, base_logits), "the weights must really be quantized"
     agreement = (first.argmax(-1) == base_logits.argmax(-1)).float().mean().item()
     assert agreement > (0.5 if preset in ("int2", "int3") else 0.8), agreement
+
+
+def test_every_calibration_free_method_is_measured_in_one_run(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Through the runner and worker processes, as a user runs them: quality is recorded for each."""
+    import json
+
+    from conftest import quantforge
+
+    variants = [
+        "quanto:int4",
+        "quanto:int2",
+        "hqq:int4",
+        "hqq:int2",
+        "torchao:int8",
+        "torchao:int4",
+        "bnb:fp4",
+        "rtn:int8",
+    ]
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        f"variants = {json.dumps(variants)}\n"
+        'evaluators = ["size", "perplexity", "kl"]\n'
+        f'[model]\nid = "{tiny_model}"\n[run]\noutput = "out"\n'
+    )
+    out = quantforge("run", str(recipe), "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads(out.stdout)["tables"][0]["rows"]}
+    for name in [
+        "quanto-int4",
+        "quanto-int2",
+        "hqq-int4",
+        "hqq-int2",
+        "torchao-int8",
+        "torchao-int4",
+        "bnb-fp4",
+        "rtn-int8",
+    ]:
+        metrics = rows[name]["metrics"]
+        assert rows[name]["status"] == "ok", rows[name]["error"]
+        assert {"perplexity", "kl_divergence", "top1_agreement"} <= set(metrics), name
+        assert metrics["kl_divergence"] > 0 or name in ("torchao-int8", "rtn-int8")
+    m = {name: row["metrics"] for name, row in rows.items()}
+    # Fewer bits lose more: 2-bit variants sit clearly further from the base than 4-bit ones.
+    assert m["quanto-int2"]["kl_divergence"] > 5 * m["quanto-int4"]["kl_divergence"]
+    assert m["hqq-int2"]["kl_divergence"] > 5 * m["hqq-int4"]["kl_divergence"]
+    assert m["rtn-int8"]["kl_divergence"] < m["bnb-fp4"]["kl_divergence"]

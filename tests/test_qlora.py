@@ -51,3 +51,29 @@ def test_adapter_trains_reloads_exactly_and_recovers_quality(
     # The same 4-bit weights without the adapter: the adapter is what lowers perplexity.
     plain = AutoModelForCausalLM.from_pretrained(artifact.path, device_map="cpu")
     assert _perplexity(with_adapter, ids) < 0.9 * _perplexity(plain, ids)
+
+
+def test_qlora_beside_nf4_in_a_run(tiny_model: Path, tmp_path: Path) -> None:
+    """A user's run: the adapter's effect on in-domain held-out text is recorded beside bnb:nf4."""
+    from conftest import quantforge
+    from transformers import AutoTokenizer
+
+    text = calibration_text(64 * 128 * 8)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    ids = tokenizer(text)["input_ids"]
+    (tmp_path / "train.txt").write_text(tokenizer.decode(ids[: 64 * 128]))
+    (tmp_path / "heldout.txt").write_text(tokenizer.decode(ids[64 * 128 : 64 * 128 + 1200]))
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        'variants = ["bnb:nf4", {name = "qlora-nf4", method = "qlora", preset = "nf4", options = {steps = 30}}]\n'
+        'evaluators = ["size", "perplexity", "kl"]\n'
+        f'[model]\nid = "{tiny_model}"\n[data]\neval_text = "heldout.txt"\n'
+        '[calibration]\nsource = "train.txt"\nsamples = 64\nseq_len = 128\n[run]\noutput = "out"\n'
+    )
+    out = quantforge("run", str(recipe), "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json as _json
+
+    rows = {r["variant"]: r for r in _json.loads(out.stdout)["tables"][0]["rows"]}
+    assert rows["qlora-nf4"]["status"] == "ok", rows["qlora-nf4"]["error"]
+    assert rows["qlora-nf4"]["metrics"]["perplexity"] < rows["bnb-nf4"]["metrics"]["perplexity"]
