@@ -62,6 +62,26 @@ def quantforge(
     )
 
 
+def fails_with(
+    out: subprocess.CompletedProcess[str], *fragments: str, after_progress: bool = False
+) -> None:
+    """A non-zero exit with one ``Error:`` line holding every fragment, and no traceback.
+
+    The error is all of stderr, or, with ``after_progress``, its last line (the
+    progress bars of a stage that had started may come before it).
+    """
+    assert out.returncode != 0, out.stdout
+    lines = out.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error: ")]
+    if after_progress:
+        assert errors == [lines[-1]], out.stderr
+    else:
+        assert errors == lines and len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
 def with_pythonpath(path: Path) -> dict[str, str]:
     old = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": str(path) + (os.pathsep + old if old else "")}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, quantforge
+from conftest import ROOT, fails_with, quantforge
 
 HEAVY = ("torch", "transformers", "bitsandbytes", "safetensors", "accelerate")
 
@@ -60,18 +60,8 @@ def test_methods_targets_evaluators_list_first_party_objects() -> None:
     assert evaluators == {"size", "speed", "memory", "perplexity", "kl"}
 
 
-def _fails_with(out: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    assert out.returncode != 0, out.stdout
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert lines[0].startswith("Error: ")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert "Traceback" not in out.stderr
-
-
 def test_unknown_method_suggests(tiny_model: Path, tmp_path: Path) -> None:
-    _fails_with(
+    fails_with(
         quantforge("quantize", str(tiny_model), "-v", "rtm:int4", "--out", str(tmp_path / "r")),
         "unknown method 'rtm'",
         "did you mean: rtn?",
@@ -80,7 +70,7 @@ def test_unknown_method_suggests(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_unknown_target_suggests(tiny_model: Path, tmp_path: Path) -> None:
-    _fails_with(
+    fails_with(
         quantforge(
             "quantize",
             str(tiny_model),
@@ -110,7 +100,7 @@ def test_unknown_target_suggests(tiny_model: Path, tmp_path: Path) -> None:
 def test_bad_options_fail_before_compute(
     tiny_model: Path, tmp_path: Path, variant: str, fragment: str
 ) -> None:
-    _fails_with(
+    fails_with(
         quantforge("quantize", str(tiny_model), "-v", variant, "--out", str(tmp_path / "r")),
         fragment,
     )
@@ -118,7 +108,7 @@ def test_bad_options_fail_before_compute(
 
 
 def test_missing_model_path(tmp_path: Path) -> None:
-    _fails_with(
+    fails_with(
         quantforge(
             "quantize", str(tmp_path / "nope"), "-v", "rtn:int4", "--out", str(tmp_path / "r")
         ),
@@ -130,7 +120,7 @@ def test_model_folder_without_weights(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    _fails_with(
+    fails_with(
         quantforge("quantize", str(model), "-v", "rtn:int4", "--out", str(tmp_path / "r")),
         "has no weights",
     )
@@ -139,13 +129,11 @@ def test_model_folder_without_weights(tmp_path: Path) -> None:
 def test_file_instead_of_model_folder(tmp_path: Path) -> None:
     file = tmp_path / "model.bin"
     file.write_bytes(b"x")
-    _fails_with(
-        quantforge("quantize", str(file), "-v", "rtn:int4"), "is a file, not a model folder"
-    )
+    fails_with(quantforge("quantize", str(file), "-v", "rtn:int4"), "is a file, not a model folder")
 
 
 def test_unreadable_evaluation_text(tiny_model: Path, tmp_path: Path) -> None:
-    _fails_with(
+    fails_with(
         quantforge(
             "quantize", str(tiny_model), "-v", "rtn:int4", "--eval-text", str(tmp_path / "none.txt")
         ),
@@ -186,17 +174,17 @@ def test_unreadable_evaluation_text(tiny_model: Path, tmp_path: Path) -> None:
 def test_bad_recipes(tmp_path: Path, recipe: str, fragment: str) -> None:
     path = tmp_path / "recipe.toml"
     path.write_text(recipe)
-    _fails_with(quantforge("run", str(path)), fragment)
+    fails_with(quantforge("run", str(path)), fragment)
 
 
 def test_missing_recipe(tmp_path: Path) -> None:
-    _fails_with(quantforge("run", str(tmp_path / "nope.toml")), "does not exist")
+    fails_with(quantforge("run", str(tmp_path / "nope.toml")), "does not exist")
 
 
 def test_missing_optional_library_names_the_extra(
     faults_plugin: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    _fails_with(
+    fails_with(
         quantforge(
             "quantize", str(tiny_model), "-v", "faults-missing", "--out", str(tmp_path / "r")
         ),
@@ -208,7 +196,7 @@ def test_missing_optional_library_names_the_extra(
 
 
 def test_results_without_a_store(tmp_path: Path) -> None:
-    _fails_with(quantforge("results", str(tmp_path)), "no results store in", "quantforge run")
+    fails_with(quantforge("results", str(tmp_path)), "no results store in", "quantforge run")
 
 
 def test_debug_variable_shows_the_traceback(tmp_path: Path) -> None:
@@ -218,7 +206,7 @@ def test_debug_variable_shows_the_traceback(tmp_path: Path) -> None:
 
 def test_hub_id_that_cannot_be_fetched_offline(tmp_path: Path) -> None:
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    _fails_with(
+    fails_with(
         quantforge(
             "quantize",
             "some-org/some-model",

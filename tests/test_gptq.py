@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quantforge
+from conftest import fails_with, quantforge
 from quantforge.testing import check_quantizer, tiny_calibration
 from quantforge_gptq import AWQQuantizer, GPTQQuantizer
 from quantforge_transformers import LocalCPU
@@ -131,7 +131,7 @@ def test_checkpoints_from_autogptq_and_autoawq_are_imported_and_measured(
         assert 0 < rows[name]["metrics"]["kl_divergence"] < 0.05
         assert rows[name]["metrics"]["top1_agreement"] > 0.9
     bad = quantforge("quantize", str(tiny_model), "--import", f"broken={tmp_path / 'nowhere'}")
-    _fails_with(bad, "does not exist")
+    fails_with(bad, "does not exist")
 
 
 def _write_recipe(tmp_path: Path, model: Path, calib: Path, variants: str) -> Path:
@@ -196,16 +196,6 @@ def test_mixed_precision_run_records_calibration_and_precision(
         assert torch.equal(model(torch.tensor([IDS])).logits, again(torch.tensor([IDS])).logits)
 
 
-def _fails_with(out, *fragments: str) -> None:  # type: ignore[no-untyped-def]
-    """One error line, last on stderr (progress bars of a stage that started may precede it)."""
-    assert out.returncode != 0
-    lines = out.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("Error: ")]
-    assert errors == [lines[-1]] and "Traceback" not in out.stderr, out.stderr
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
-
-
 @pytest.mark.parametrize(
     ("variant", "fragment"),
     [
@@ -236,7 +226,7 @@ def test_bad_gptq_options_fail_before_compute(
         "--out",
         str(tmp_path / "r"),
     )
-    _fails_with(out, fragment)
+    fails_with(out, fragment)
     assert not (tmp_path / "r").exists()
 
 
@@ -249,14 +239,14 @@ def test_unsupported_architecture_is_refused(
     config["model_type"] = "surely-not-an-architecture"
     (model / "config.json").write_text(json.dumps(config))
     out = quantforge("quantize", str(model), "-v", "gptq:int4", "--calibration", str(calib_file))
-    _fails_with(out, "gptq cannot process 'surely-not-an-architecture' models")
+    fails_with(out, "gptq cannot process 'surely-not-an-architecture' models")
 
 
 def test_calibration_problems(tiny_model: Path, tmp_path: Path) -> None:
-    _fails_with(
+    fails_with(
         quantforge("quantize", str(tiny_model), "-v", "gptq:int4"), "gptq needs calibration data"
     )
-    _fails_with(
+    fails_with(
         quantforge(
             "quantize",
             str(tiny_model),
@@ -269,7 +259,7 @@ def test_calibration_problems(tiny_model: Path, tmp_path: Path) -> None:
         "does not exist",
     )
     (tmp_path / "empty.txt").write_text("\n")
-    _fails_with(
+    fails_with(
         quantforge(
             "quantize",
             str(tiny_model),
@@ -291,7 +281,9 @@ def test_calibration_problems(tiny_model: Path, tmp_path: Path) -> None:
         "--out",
         str(tmp_path / "r"),
     )
-    _fails_with(out, "calibration text gives", "128 samples of 512 tokens need 65536")
+    fails_with(
+        out, "calibration text gives", "128 samples of 512 tokens need 65536", after_progress=True
+    )
     # The run stopped before building anything: no variant exists.
     assert not (tmp_path / "r" / "variants").exists()
 
@@ -306,6 +298,6 @@ def test_hub_dataset_while_offline(tiny_model: Path, tmp_path: Path) -> None:
         "some-org/some-dataset",
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
     )
-    _fails_with(
+    fails_with(
         out, "calibration dataset 'some-org/some-dataset' is on the Hub, and the Hub is offline"
     )
