@@ -229,28 +229,30 @@ class Runner:
 
     # -- stages ----------------------------------------------------------------
 
-    def _tokenize(self, executor: LocalExecutor, plan: Preflight) -> Path:
-        text = plan.eval_text.read_bytes()
-        key = _digest("tokens", hashlib.sha256(text).hexdigest(), plan.base.content_hash)
-        path = self.cache_dir / "tokens" / f"{key}.json"
+    def _prepared(
+        self, executor: LocalExecutor, kind: str, key: str, job: dict[str, Any], what: str
+    ) -> Path:
+        """Run a preparation job once and keep its result in the cache under ``key``."""
+        path = self.cache_dir / kind / f"{key}.json"
         if path.exists():
             return path
-        self.reporter.stage("tokenizing evaluation text", 1)
-        job = {
-            "kind": "tokenize",
-            "model_path": str(plan.base.path),
-            "text_path": str(plan.eval_text),
-        }
-        outcome = executor.run(job, "tokenize", self.config.step_timeout)
-        if outcome.failure:
+        self.reporter.stage(what, 1)
+        outcome = executor.run({**job, "kind": kind}, kind, self.config.step_timeout)
+        if outcome.failure or not outcome.result_path.exists():
             raise QuantforgeError(
-                f"could not tokenize the evaluation text with the base tokenizer: {outcome.failure}",
-                hint=f"see {outcome.log_path}",
+                f"{what} failed: {_worker_message(outcome)}", hint=f"see {outcome.log_path}"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(outcome.result_path, path)
-        self.reporter.advance("tokenize", "ok")
+        self.reporter.advance(kind, "ok")
         return path
+
+    def _tokenize(self, executor: LocalExecutor, plan: Preflight) -> Path:
+        """Tokenize the evaluation text once with the base tokenizer."""
+        text = plan.eval_text.read_bytes()
+        key = _digest("tokens", hashlib.sha256(text).hexdigest(), plan.base.content_hash)
+        job = {"model_path": str(plan.base.path), "text_path": str(plan.eval_text)}
+        return self._prepared(executor, "tokenize", key, job, "tokenizing the evaluation text")
 
     def _calibrate(self, executor: LocalExecutor, plan: Preflight) -> Path | None:
         """Tokenize the calibration set once with the base tokenizer (cached by fingerprint)."""
@@ -258,26 +260,12 @@ class Runner:
         if plan.calibration is None or spec is None:
             return None
         key = _digest("calibration", plan.calibration, plan.base.content_hash)
-        path = self.cache_dir / "calibration" / f"{key}.json"
-        if path.exists():
-            return path
-        self.reporter.stage("tokenizing calibration data", 1)
         job = {
-            "kind": "calibrate",
             "model_path": str(plan.base.path),
             "spec": spec.describe(),
             "fingerprint": plan.calibration,
         }
-        outcome = executor.run(job, "calibrate", self.config.step_timeout)
-        if outcome.failure or not outcome.result_path.exists():
-            raise QuantforgeError(
-                f"could not prepare the calibration data: {_worker_message(outcome)}",
-                hint=f"see {outcome.log_path}",
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(outcome.result_path, path)
-        self.reporter.advance("calibration", "ok")
-        return path
+        return self._prepared(executor, "calibrate", key, job, "preparing the calibration data")
 
     def _source_of(self, plan: Preflight, vplan: VariantPlan, index: int) -> Artifact:
         if index == 0:
