@@ -78,15 +78,19 @@ class RunSummary:
     evaluations_cached: int = 0
 
 
-def _builtin_eval_text(cache_dir: Path) -> Path:
-    from quantforge.testing.tiny_model import evaluation_text
-
-    path = cache_dir / "data" / "builtin-eval.txt"
-    text = evaluation_text()
+def builtin_text_file(cache_dir: Path, name: str, text: str) -> Path:
+    """A built-in text (held-out or calibration sample) as a file in the cache, kept current."""
+    path = cache_dir / "data" / name
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return path
+
+
+def _builtin_eval_text(cache_dir: Path) -> Path:
+    from quantforge.testing.tiny_model import evaluation_text
+
+    return builtin_text_file(cache_dir, "builtin-eval.txt", evaluation_text())
 
 
 def _check_text_file(path: Path, what: str) -> None:

@@ -181,15 +181,12 @@ def demo_config(model: Path, output: Path, all_methods: bool = False) -> RunConf
 
 
 def _builtin_calibration_file() -> Path:
-    from quantforge.runner import default_cache_dir
+    from quantforge.runner import builtin_text_file, default_cache_dir
     from quantforge.testing.tiny_model import calibration_text
 
-    path = default_cache_dir() / "data" / "builtin-calibration.txt"
-    text = calibration_text(60_000)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    return path
+    return builtin_text_file(
+        default_cache_dir(), "builtin-calibration.txt", calibration_text(60_000)
+    )
 
 
 def demo_command(args: argparse.Namespace) -> int:
