@@ -45,6 +45,7 @@ def test_help_names_the_commands() -> None:
         "quantize",
         "results",
         "demo",
+        "fit",
     ):
         assert command in out.stdout
 
@@ -54,8 +55,13 @@ def test_methods_targets_evaluators_list_first_party_objects() -> None:
     assert methods["rtn"]["presets"] == ["int4", "int8"]
     assert methods["bnb"]["output_format"] == "hf+bnb"
     assert {o["name"] for o in methods["rtn"]["options"]} >= {"bits", "group_size", "symmetric"}
-    targets = json.loads(quantforge("targets", "--json").stdout)
-    assert [t["name"] for t in targets] == ["cpu"] and targets[0]["measured"] is True
+    targets = {t["name"]: t for t in json.loads(quantforge("targets", "--json").stdout)}
+    assert targets["cpu"]["measured"] is True and targets["cpu"]["unavailable"] is None
+    assert targets["rpi5"]["measured"] is False and targets["rpi5"]["bandwidth_gbs"] == 17.1
+    assert targets["rpi5"]["runtimes"]["gguf"] == "llama.cpp"
+    # the CUDA target is listed everywhere and says why it cannot run on a machine without a GPU
+    if not Path("/dev/nvidia0").exists():
+        assert "no CUDA GPU" in targets["cuda"]["unavailable"]
     evaluators = {e["name"] for e in json.loads(quantforge("evaluators", "--json").stdout)}
     assert evaluators == {"size", "speed", "memory", "perplexity", "kl"}
 
@@ -82,7 +88,7 @@ def test_unknown_target_suggests(tiny_model: Path, tmp_path: Path) -> None:
             str(tmp_path),
         ),
         "unknown target 'cpuu'",
-        "did you mean: cpu?",
+        "did you mean: cpu",
     )
 
 

@@ -107,6 +107,15 @@ class PluginError(QuantforgeError):
         self.plugin = plugin
 
 
+class TargetUnavailableError(QuantforgeError):
+    """A device target that cannot run variants on this machine (no GPU, a profile, ...)."""
+
+    def __init__(self, target: str, reason: str, hint: str | None = None) -> None:
+        super().__init__(f"target {target!r} cannot run here: {reason}", hint=hint)
+        self.target = target
+        self.reason = reason
+
+
 class StepFailed(QuantforgeError):
     """A quantize, export or evaluate step failed in its worker process."""
 

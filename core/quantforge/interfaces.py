@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from quantforge.calibration import CalibrationSet
-from quantforge.errors import MissingDependencyError, UsageError
+from quantforge.errors import MissingDependencyError, TargetUnavailableError, UsageError
 from quantforge.options import OptionSet, OptionValue
 
 Better = Literal["higher", "lower", "none"]
@@ -257,6 +257,13 @@ class Target(Component):
             if missing
             else None
         )
+
+    def check_available(self) -> None:
+        """Raise when a package is missing or :meth:`unavailable_reason` gives a reason."""
+        super().check_available()
+        reason = self.unavailable_reason()
+        if reason:
+            raise TargetUnavailableError(self.name, reason)
 
     def hardware(self) -> str:
         """One line describing the hardware, for provenance."""

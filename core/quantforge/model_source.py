@@ -69,7 +69,7 @@ def content_hash(folder: Path, cache_dir: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def _looks_like_hub_id(ref: str) -> bool:
+def looks_like_hub_id(ref: str) -> bool:
     parts = ref.split("/")
     return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~"))
 
@@ -79,7 +79,7 @@ def resolve_model(
 ) -> BaseModel:
     """Find the base model: a local folder, else a Hub repo fetched with huggingface_hub."""
     path = Path(ref).expanduser()
-    if path.exists() or not _looks_like_hub_id(ref):
+    if path.exists() or not looks_like_hub_id(ref):
         check_hf_folder(path)
         return BaseModel(ref, path.resolve(), None, content_hash(path, cache_dir))
     try:

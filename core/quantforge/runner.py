@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 import uuid
 from collections import defaultdict
@@ -18,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantforge import __version__ as quantforge_version
 from quantforge import artifacts, provenance
 from quantforge.calibration import fingerprint as calibration_fingerprint
+from quantforge.devices import DeviceProfile, footprint_from_config, footprint_of
 from quantforge.errors import QuantforgeError, RecipeError, UsageError
 from quantforge.executor import JobOutcome, LocalExecutor
 from quantforge.interfaces import Artifact, Evaluator, Target
@@ -76,6 +79,17 @@ class RunSummary:
     steps_cached: int = 0
     evaluations_run: int = 0
     evaluations_cached: int = 0
+
+    def failed(self) -> list[str]:
+        """Variants that failed to build and evaluations that failed; a variant that a
+        target does not run (a GGUF file on the transformers target) is not a failure."""
+        out = [name for name, status in self.variants.items() if status != "ok"]
+        out += [
+            f"{v} on {t}"
+            for (v, t), s in self.evaluations.items()
+            if s not in ("ok", "cached") and not s.startswith("not runnable")
+        ]
+        return out
 
 
 def builtin_text_file(cache_dir: Path, name: str, text: str) -> Path:
@@ -152,12 +166,33 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
             method = plugins.methods.get(step.method)
             method.check_available()
             method.check_model(step.options, model_config)
+    _check_contexts(config, targets, model_config)
     not_runnable = {}
     for plan in plans:
         for name, (target, _) in targets.items():
             if not target.runs(plan.format):
                 not_runnable[(plan.spec.name, name)] = f"{name} does not run {plan.format} models"
     return Preflight(base, plans, targets, evaluators, eval_text, not_runnable, calibration)
+
+
+def _check_contexts(
+    config: RunConfig,
+    targets: dict[str, tuple[Target, dict[str, Any]]],
+    model_config: dict[str, Any],
+) -> None:
+    """Device profiles check fit at a context length: default 4096 or the model's maximum."""
+    longest = footprint_from_config("base", "hf", 0, model_config).max_context
+    for name, (target, options) in targets.items():
+        if not isinstance(target, DeviceProfile) or not longest:
+            continue
+        if "context" not in config.targets[name]:
+            options["context"] = min(int(options["context"]), longest)
+        elif int(options["context"]) > longest:
+            raise UsageError(
+                f"target {name}: context {options['context']} is longer than the model "
+                f"supports ({longest} tokens, max_position_embeddings)",
+                hint=f"set context = {longest} or less for {name}",
+            )
 
 
 def _worker_message(outcome: JobOutcome) -> str:
@@ -220,13 +255,12 @@ class Runner:
             self._record_variants(store, run_id, plan, failures, summary)
             references = self._references(executor, plan, tokens)
             self._evaluate(executor, store, run_id, plan, tokens, references, summary)
+            self._estimate(store, run_id, plan, summary)
         except BaseException:
             store.finish_run(run_id, provenance.now(), "aborted")
             store.close()
             raise
-        bad = [v for v in summary.variants.values() if v != "ok"]
-        bad += [e for e in summary.evaluations.values() if e not in ("ok", "cached")]
-        summary.status = "ok" if not bad else "partial"
+        summary.status = "partial" if summary.failed() else "ok"
         store.finish_run(run_id, provenance.now(), summary.status)
         store.close()
         return summary
@@ -559,6 +593,67 @@ class Runner:
             status = self._collect(store, run_id, name, tname, key, outcome, plan, cached)
             summary.evaluations[(name, tname)] = status
             self.reporter.advance(f"{name} on {tname}", status.split(":")[0])
+
+    def _estimate(
+        self, store: ResultsStore, run_id: str, plan: Preflight, summary: RunSummary
+    ) -> None:
+        """Fit checks and decode estimates of every built variant on every device profile."""
+        profiles = [
+            (name, target, opts)
+            for name, (target, opts) in plan.targets.items()
+            if isinstance(target, DeviceProfile)
+        ]
+        for vplan in plan.plans:
+            name = vplan.spec.name
+            if summary.variants[name] != "ok":
+                continue
+            for tname, profile, opts in profiles:
+                when = provenance.now()
+                reason = plan.not_runnable.get((name, tname))
+                if reason:
+                    store.record_evaluation(run_id, when, name, tname, "not-runnable", error=reason)
+                    summary.evaluations[(name, tname)] = f"not runnable: {reason}"
+                    continue
+                try:
+                    footprint = footprint_of(self._variant_path(plan, vplan))
+                    report = profile.fit(footprint, int(opts["context"]))
+                except QuantforgeError as exc:
+                    store.record_evaluation(run_id, when, name, tname, "failed", error=str(exc))
+                    summary.evaluations[(name, tname)] = f"failed: {exc}"
+                    continue
+                details = {**report.as_dict(), "source": profile.source}
+                rows = [
+                    {
+                        "metric": metric,
+                        "value": value,
+                        "unit": unit,
+                        "better": better,
+                        "details": details,
+                        "evaluator": "fit",
+                        "evaluator_version": "1",
+                        "kind": "estimated",
+                        "provenance": {
+                            "hardware": profile.hardware(),
+                            "python": platform.python_version(),
+                            "libraries": {"quantforge": quantforge_version},
+                            "dataset_fingerprint": "",
+                            "seed": self.config.seed,
+                            "base_revision": plan.base.revision
+                            or f"sha256:{plan.base.content_hash}",
+                            "run_id": run_id,
+                            "measured_at": when,
+                        },
+                    }
+                    for metric, value, unit, better in (
+                        ("fits", float(report.fits), "", "higher"),
+                        ("needed_mb", report.needed_bytes / 2**20, "MiB", "lower"),
+                        ("est_decode_tps", report.decode_tps, "tokens/s", "higher"),
+                    )
+                ]
+                store.record_evaluation(
+                    run_id, when, name, tname, "ok", measurements=rows, cached=False
+                )
+                summary.evaluations[(name, tname)] = "ok"
 
     def _collect(
         self,

@@ -17,6 +17,10 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "perplexity": ("ppl", "{:.2f}"),
     "kl_divergence": ("KL vs base", "{:.5f}"),
     "top1_agreement": ("top-1", "{:.1%}"),
+    # device profiles: estimates
+    "fits": ("fits", "{}"),
+    "needed_mb": ("needs MiB", "{:.0f}"),
+    "est_decode_tps": ("est. decode tok/s", "{:.1f}"),
 }
 
 
@@ -29,6 +33,7 @@ class Table:
     target: str
     columns: list[str]  # metric names, in display order
     rows: list[dict[str, Any]]
+    estimated: bool | None = None  # a device profile's estimates; None when nothing was recorded
 
 
 def tradeoff_tables(store: ResultsStore) -> list[Table]:
@@ -51,9 +56,12 @@ def tradeoff_tables(store: ResultsStore) -> list[Table]:
             elif ev is None:
                 status = "not measured"
             else:
-                status = {"ok": "ok", "partial": "partial", "failed": "eval failed"}.get(
-                    ev["status"], ev["status"]
-                )
+                status = {
+                    "ok": "ok",
+                    "partial": "partial",
+                    "failed": "eval failed",
+                    "not-runnable": "not runnable",
+                }.get(ev["status"], ev["status"])
             rows.append(
                 {
                     "variant": v["name"],
@@ -68,7 +76,10 @@ def tradeoff_tables(store: ResultsStore) -> list[Table]:
                     },
                 }
             )
-        tables.append(Table(target, known + extra, rows))
+        kinds = {m.kind for m in measurements if m.target == target}
+        tables.append(
+            Table(target, known + extra, rows, estimated=("estimated" in kinds) if kinds else None)
+        )
     return tables
 
 
@@ -86,6 +97,8 @@ def bits_label(bits: float | None, precision: dict[str, Any] | None) -> str:
 def format_value(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
+    if metric == "fits":
+        return "yes" if value >= 1 else "NO"
     fmt = COLUMNS.get(metric, (metric, "{:.4g}"))[1]
     return fmt.format(value)
 

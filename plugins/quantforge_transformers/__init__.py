@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import Artifact, GenerationTiming, Option, OptionSet, Runtime, Target, hookimpl
+from quantforge.errors import TargetUnavailableError
+from quantforge.interfaces import gpu_visible
 from quantforge.options import OptionValue
 
 
@@ -58,6 +60,48 @@ class LocalCPU(Target):
         return TransformersRuntime(model, torch)
 
 
+class LocalCUDA(LocalCPU):
+    """Runs ``hf`` variants on this machine's CUDA GPU; available only when one is visible."""
+
+    name = "cuda"
+    description = "this machine's CUDA GPU, with transformers (measured; needs a GPU)"
+    options = OptionSet([Option("device", int, 0, "CUDA device index", min=0)])
+
+    def unavailable_reason(self) -> str | None:
+        missing = super().unavailable_reason()
+        if missing:
+            return missing
+        if not gpu_visible():
+            return "no CUDA GPU is visible on this machine (use the cpu target)"
+        return None
+
+    def hardware(self) -> str:
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB ({_cpu_name()} host)"
+
+    def load(
+        self,
+        artifact: Artifact,
+        options: Mapping[str, OptionValue],
+        loader: Callable[[Artifact], Any | None],
+    ) -> Runtime:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if not torch.cuda.is_available():
+            raise TargetUnavailableError(
+                self.name, "torch sees no CUDA device (a CPU-only torch build?)"
+            )
+        device = f"cuda:{int(options.get('device', 0))}"
+        model = loader(artifact)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(artifact.path, device_map=device)
+        model.eval()
+        return TransformersRuntime(model, torch)
+
+
 class TransformersRuntime(Runtime):
     """A loaded transformers causal LM; generation uses its KV cache."""
 
@@ -70,8 +114,8 @@ class TransformersRuntime(Runtime):
         with (
             torch.no_grad()
         ):  # not inference_mode: quanto's packed kernels reject inference tensors
-            ids = torch.tensor([list(input_ids)], dtype=torch.long)
-            return self.model(input_ids=ids).logits[0].float()
+            ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.model.device)
+            return self.model(input_ids=ids).logits[0].float().cpu()
 
     def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
         import time
@@ -80,10 +124,12 @@ class TransformersRuntime(Runtime):
         with (
             torch.no_grad()
         ):  # not inference_mode: quanto's packed kernels reject inference tensors
-            ids = torch.tensor([list(input_ids)], dtype=torch.long)
+            ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.model.device)
+            sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
             start = time.perf_counter()
             out = self.model(input_ids=ids, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
+            sync()
             prefill = time.perf_counter() - start
             past = out.past_key_values
             start = time.perf_counter()
@@ -91,6 +137,7 @@ class TransformersRuntime(Runtime):
                 out = self.model(input_ids=token, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 token = out.logits[:, -1:].argmax(-1)
+            sync()
             decode = time.perf_counter() - start
         return GenerationTiming(
             prompt_tokens=len(input_ids),
@@ -106,3 +153,4 @@ class TransformersRuntime(Runtime):
 @hookimpl
 def register_targets(register: Callable[[Target], None]) -> None:
     register(LocalCPU())
+    register(LocalCUDA())

@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from quantforge.interfaces import Component, Quantizer
+from quantforge.devices import DeviceProfile
+from quantforge.interfaces import Component, Quantizer, Target
 from quantforge.plugins import Plugins, load_plugins
 from quantforge.registry import Registry
 
@@ -81,10 +82,52 @@ def _describe(plugins: Plugins, kind: str) -> list[dict[str, Any]]:
             supported = obj.supported_architectures()  # type: ignore[attr-defined]
             row["architectures"] = "any" if supported is None else sorted(supported)
         if kind == "targets":
-            row["formats"] = sorted(obj.formats)  # type: ignore[attr-defined]
-            row["measured"] = obj.measured  # type: ignore[attr-defined]
+            row.update(_target_facts(obj))
         out.append(row)
     return out
+
+
+def _target_facts(target: Target) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "formats": sorted(target.formats),
+        "measured": target.measured,
+        "unavailable": target.unavailable_reason() if target.measured else None,
+    }
+    if isinstance(target, DeviceProfile):
+        facts.update(
+            memory_gib=target.memory_gib,
+            reserved_gib=target.reserved_gib,
+            bandwidth_gbs=target.bandwidth_gbs,
+            efficiency=target.efficiency,
+            processor=target.processor,
+            runtimes={r.family: r.name for r in target.runtimes},
+            source=target.source,
+        )
+    return facts
+
+
+def _targets_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table("name", "device", "memory", "bandwidth", "runs", "status")
+    for row in rows:
+        if "runtimes" in row:
+            memory = (
+                f"{row['memory_gib']:g} GiB ({row['memory_gib'] - row['reserved_gib']:g} usable)"
+            )
+            bandwidth = f"{row['bandwidth_gbs']:g} GB/s"
+            runs = "\n".join(f"{fam}: {rt}" for fam, rt in sorted(row["runtimes"].items()))
+            status = "profile: estimates"
+        else:
+            memory = bandwidth = "this machine"
+            runs = ", ".join(row["formats"])
+            status = "measured, ready"
+            if row["missing_packages"]:
+                status = f"missing {', '.join(row['missing_packages'])}: pip install 'quantforge[{row['extra']}]'"
+            elif row["unavailable"]:
+                status = f"unavailable: {row['unavailable']}"
+        table.add_row(row["name"], row["description"], memory, bandwidth, runs, status)
+    return table
 
 
 def _listing(args: argparse.Namespace, kind: str) -> int:
@@ -92,6 +135,13 @@ def _listing(args: argparse.Namespace, kind: str) -> int:
     rows = _describe(plugins, kind)
     if args.json:
         print(json.dumps(rows, indent=2))
+        return 0
+    if kind == "targets":
+        _console().print(_targets_table(rows))
+        _console().print(
+            "Profiles estimate from memory size and bandwidth; check one with "
+            "`quantforge fit MODEL --target NAME --context N`."
+        )
         return 0
     from rich.table import Table
 
@@ -111,8 +161,6 @@ def _listing(args: argparse.Namespace, kind: str) -> int:
             what += f"\narchitectures: {shown}"
             if row["needs_calibration"]:
                 what += "\nneeds calibration data"
-        if kind == "targets":
-            what = f"{what}\nruns: {', '.join(row['formats'])}"
         options = "\n".join(f"{o['name']}: {o['spec']}" for o in row["options"]) or "-"
         if row["missing_packages"]:
             status = f"missing {', '.join(row['missing_packages'])}: pip install 'quantforge[{row['extra']}]'"

@@ -75,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH",
         help="measure an existing quantized checkpoint too (AutoGPTQ, AutoAWQ, bnb, ...)",
     )
-    p.add_argument("--target", action="append", dest="targets", help="device target (default: cpu)")
+    p.add_argument(
+        "--target",
+        action="append",
+        dest="targets",
+        metavar="NAME[,OPTION=VALUE...]",
+        help="device target, e.g. cpu or rpi5,context=2048 (repeatable; default: cpu)",
+    )
     p.add_argument(
         "--evaluator", action="append", dest="evaluators", help="evaluator (default: all)"
     )
@@ -102,6 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-timeout", type=float, default=3600.0, help="seconds per step")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_lazy("quantforge.cli.run", "quantize_command"))
+
+    p = sub.add_parser(
+        "fit", help="does a model or variant fit on a device, and how fast could it decode there"
+    )
+    p.add_argument("model", help="model or variant folder, or Hub id (read without its weights)")
+    p.add_argument(
+        "--target",
+        action="append",
+        dest="targets",
+        metavar="DEVICE",
+        help="device profile, e.g. rpi5 (repeatable; default: every profile)",
+    )
+    p.add_argument(
+        "--context",
+        type=int,
+        metavar="TOKENS",
+        help="context length (default: 4096, or the model's maximum if shorter)",
+    )
+    p.add_argument("--revision", help="Hub revision of MODEL")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.set_defaults(handler=_lazy("quantforge.cli.fit", "fit_command"))
 
     p = sub.add_parser("results", help="the trade-off table of a run folder")
     p.add_argument("run_dir", type=Path)

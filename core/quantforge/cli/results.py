@@ -38,7 +38,8 @@ def print_tables(run_dir: Path) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 150)
     for t in tables:
-        table = Table(title=f"{run['base_model'] if run else ''} on {t.target} (measured)")
+        kind = {True: " (estimates from a device profile)", False: " (measured)", None: ""}
+        table = Table(title=f"{run['base_model'] if run else ''} on {t.target}{kind[t.estimated]}")
         table.add_column("variant")
         table.add_column("method")
         table.add_column("bits", justify="right")

@@ -100,10 +100,7 @@ def _execute(config: RunConfig, as_json: bool) -> int:
             f"{summary.steps_run} steps run, {summary.steps_cached} cached; "
             f"{summary.evaluations_run} measurements run, {summary.evaluations_cached} cached."
         )
-    failed = [name for name, status in summary.variants.items() if status != "ok"]
-    failed += [
-        f"{v} on {t}" for (v, t), s in summary.evaluations.items() if s not in ("ok", "cached")
-    ]
+    failed = summary.failed()
     if failed:
         reporter.console.print(
             f"[red]Failed: {', '.join(failed)}[/red] (details above and in the results store)"
@@ -128,6 +125,20 @@ def _calibration_from_args(args: argparse.Namespace) -> CalibrationSpec | None:
     )
 
 
+def _target_arg(text: str) -> tuple[str, dict[str, str]]:
+    """``rpi5`` or ``rpi5,context=2048``: a target and its options."""
+    from quantforge.errors import UsageError
+
+    name, *pairs = text.split(",")
+    options = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"bad option {pair!r} in --target {text!r}", hint="write OPTION=VALUE")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 def quantize_command(args: argparse.Namespace) -> int:
     from quantforge.errors import UsageError
     from quantforge.planner import VariantSpec, check_variant_name, parse_variant
@@ -147,7 +158,7 @@ def quantize_command(args: argparse.Namespace) -> int:
         revision=args.revision,
         variants=check_unique(with_base(variants)),
         output=args.out,
-        targets={t: {} for t in (args.targets or ["cpu"])},
+        targets=dict(_target_arg(t) for t in (args.targets or ["cpu"])),
         evaluators={e: {} for e in args.evaluators} if args.evaluators else None,
         eval_text=args.eval_text,
         calibration=_calibration_from_args(args),

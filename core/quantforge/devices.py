@@ -1,0 +1,379 @@
+"""Device profiles: does a variant fit on a device, and how fast could it decode there?
+
+A :class:`DeviceProfile` is a device target that cannot run anything on this
+machine; it answers from arithmetic instead. Memory needed is the weights as stored,
+plus the KV cache at the requested context length, plus the runtime's overhead. Decode
+speed comes from the memory-bandwidth roofline: generating one token reads every weight
+and the whole KV cache once, so tokens/s <= bandwidth / bytes read per token. Every
+figure is an *estimate* and is labelled so wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from quantforge.errors import ModelSourceError, PlanError, UsageError
+from quantforge.interfaces import Artifact, Runtime, Target, format_family
+from quantforge.options import Option, OptionSet, OptionValue
+
+GIB = 1024**3
+MIB = 1024**2
+
+# Files that hold weights, by suffix; everything else (tokenizer, configs, cards) is not counted.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".onnx", ".onnx.data", ".onnx_data", ".data")
+SCRATCH_TOKENS = 512  # a runtime sizes its activation buffers for one batch of this many tokens
+
+
+@dataclass(frozen=True)
+class RuntimeCost:
+    """How one runtime spends memory on a device.
+
+    :ivar name: the runtime (``"llama.cpp"``).
+    :ivar family: the format family it runs (``"gguf"``).
+    :ivar kv_bytes: bytes per cached key or value element (2 for an f16 cache).
+    :ivar overhead_mb: the runtime and its libraries once loaded, in MiB.
+    """
+
+    name: str
+    family: str
+    kv_bytes: float
+    overhead_mb: float
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What fit checks and estimates need to know about one model or variant.
+
+    :ivar weights_bytes: bytes of the weight files as stored (what is loaded).
+    :ivar kv_heads: key/value heads (fewer than attention heads under grouped-query attention).
+    :ivar max_context: the longest context the model supports, when its config says.
+    """
+
+    name: str
+    family: str
+    weights_bytes: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    max_context: int | None = None
+
+    def kv_bytes(self, context: int, bytes_per_value: float) -> float:
+        """Keys and values of every layer for ``context`` tokens."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * context * bytes_per_value
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """A device's answer for one variant at one context length. All figures are estimates."""
+
+    device: str
+    runtime: str
+    variant: str
+    context: int
+    weights_bytes: int
+    kv_bytes: float
+    overhead_bytes: float
+    available_bytes: float
+    bandwidth_gbs: float
+    efficiency: float
+    lines: list[tuple[str, str, str]] = field(default_factory=list)  # what, value, how
+
+    @property
+    def needed_bytes(self) -> float:
+        return self.weights_bytes + self.kv_bytes + self.overhead_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.needed_bytes <= self.available_bytes
+
+    @property
+    def headroom_bytes(self) -> float:
+        return self.available_bytes - self.needed_bytes
+
+    @property
+    def decode_tps_bound(self) -> float:
+        """Roofline upper bound: every weight and the whole cache read once per token."""
+        return self.bandwidth_gbs * 1e9 / (self.weights_bytes + self.kv_bytes)
+
+    @property
+    def decode_tps(self) -> float:
+        """The bound at the share of peak bandwidth decode reaches in practice."""
+        return self.decode_tps_bound * self.efficiency
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "runtime": self.runtime,
+            "variant": self.variant,
+            "context": self.context,
+            "weights_bytes": self.weights_bytes,
+            "kv_cache_bytes": self.kv_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "needed_bytes": self.needed_bytes,
+            "available_bytes": self.available_bytes,
+            "fits": self.fits,
+            "decode_tps_bound": self.decode_tps_bound,
+            "decode_tps_estimate": self.decode_tps,
+            "estimate": True,
+            "arithmetic": [{"what": w, "value": v, "how": h} for w, v, h in self.lines],
+        }
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def _mib(n: float) -> str:
+    return f"{n / MIB:,.1f} MiB"
+
+
+class DeviceProfile(Target):
+    """A device described by its numbers: fit checks and roofline estimates, never measurements.
+
+    Subclass it and set the class attributes; register the instance with
+    ``register_targets``. ``formats`` follows from ``runtimes``.
+
+    :cvar memory_gib: memory the device has (shared by CPU and GPU where it is unified).
+    :cvar reserved_gib: what the operating system and the rest of the device keep for themselves.
+    :cvar bandwidth_gbs: peak memory bandwidth in GB/s (1e9 bytes/s).
+    :cvar efficiency: share of peak bandwidth that decoding reaches in practice.
+    :cvar runtimes: the runtimes it runs, one per format family.
+    :cvar processor: the chip, for listings.
+    :cvar source: where the memory and bandwidth figures come from.
+    """
+
+    measured = False
+    memory_gib: ClassVar[float]
+    reserved_gib: ClassVar[float]
+    bandwidth_gbs: ClassVar[float]
+    efficiency: ClassVar[float] = 0.6
+    runtimes: ClassVar[tuple[RuntimeCost, ...]]
+    processor: ClassVar[str] = ""
+    source: ClassVar[str] = ""
+    options = OptionSet(
+        [Option("context", int, 4096, "context length to check (tokens)", min=1)],
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "runtimes" in cls.__dict__:
+            cls.formats = frozenset(r.family for r in cls.runtimes)
+
+    def unavailable_reason(self) -> str | None:
+        return "a device profile: it estimates, it does not run models here"
+
+    def hardware(self) -> str:
+        return (
+            f"{self.description}: {self.memory_gib:g} GiB, {self.bandwidth_gbs:g} GB/s "
+            f"(profile, estimates)"
+        )
+
+    def load(
+        self,
+        artifact: Artifact,
+        options: Mapping[str, OptionValue],
+        loader: Callable[[Artifact], Any | None],
+    ) -> Runtime:
+        raise UsageError(f"{self.name} is a device profile and cannot run models on this machine")
+
+    def runtime_for(self, family: str) -> RuntimeCost:
+        for runtime in self.runtimes:
+            if runtime.family == family:
+                return runtime
+        runs = ", ".join(sorted(self.formats))
+        raise PlanError(
+            f"{self.name} does not run {family} models (it runs {runs})",
+            hint="export the variant to one of those formats",
+        )
+
+    def fit(self, footprint: Footprint, context: int) -> FitReport:
+        """Memory needed against memory available at ``context`` tokens, with the arithmetic."""
+        if context < 1:
+            raise UsageError(f"context must be at least 1 token, not {context}")
+        if footprint.max_context and context > footprint.max_context:
+            raise UsageError(
+                f"context {context} is longer than {footprint.name} supports "
+                f"({footprint.max_context} tokens, max_position_embeddings)",
+                hint=f"pass --context {footprint.max_context} or less",
+            )
+        runtime = self.runtime_for(footprint.family)
+        kv = footprint.kv_bytes(context, runtime.kv_bytes)
+        scratch = SCRATCH_TOKENS * (footprint.vocab_size + 4 * footprint.hidden_size) * 4
+        overhead = runtime.overhead_mb * MIB + scratch
+        available = (self.memory_gib - self.reserved_gib) * GIB
+        report = FitReport(
+            device=self.name,
+            runtime=runtime.name,
+            variant=footprint.name,
+            context=context,
+            weights_bytes=footprint.weights_bytes,
+            kv_bytes=kv,
+            overhead_bytes=overhead,
+            available_bytes=available,
+            bandwidth_gbs=self.bandwidth_gbs,
+            efficiency=self.efficiency,
+        )
+        f = footprint
+        report.lines.extend(
+            [
+                ("weights", _mib(f.weights_bytes), "the weight files as stored"),
+                (
+                    "KV cache",
+                    _mib(kv),
+                    f"2 x {f.layers} layers x {f.kv_heads} kv heads x {f.head_dim} dims"
+                    f" x {context} tokens x {runtime.kv_bytes:g} B",
+                ),
+                (
+                    "runtime overhead",
+                    _mib(overhead),
+                    f"{runtime.name} {runtime.overhead_mb:g} MiB + scratch of {SCRATCH_TOKENS}"
+                    f" tokens x ({f.vocab_size} vocab + 4 x {f.hidden_size} hidden) x 4 B",
+                ),
+                ("needed", _mib(report.needed_bytes), "weights + KV cache + overhead"),
+                (
+                    "usable",
+                    _mib(available),
+                    f"{self.memory_gib:g} GiB - {self.reserved_gib:g} GiB kept by the system",
+                ),
+                (
+                    "fits",
+                    "yes" if report.fits else "NO",
+                    f"{'headroom' if report.fits else 'short by'} {_mib(abs(report.headroom_bytes))}",
+                ),
+                (
+                    "decode (estimate)",
+                    f"{report.decode_tps:.1f} tok/s",
+                    f"{self.bandwidth_gbs:g} GB/s x {self.efficiency:g} efficiency"
+                    f" / {_mib(f.weights_bytes + kv)} read per token"
+                    f" (roofline bound {report.decode_tps_bound:.1f} tok/s)",
+                ),
+            ]
+        )
+        return report
+
+
+# --- what a model or variant weighs --------------------------------------------------------
+
+
+def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    text = config.get("text_config")
+    return text if isinstance(text, Mapping) else config
+
+
+def footprint_from_config(
+    name: str, family: str, weights_bytes: int, config: Mapping[str, Any]
+) -> Footprint:
+    """A footprint from a transformers ``config.json`` and the size of the weights."""
+    c = _text_config(config)
+    try:
+        layers = int(c["num_hidden_layers"])
+        heads = int(c["num_attention_heads"])
+        hidden = int(c["hidden_size"])
+        vocab = int(c["vocab_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelSourceError(
+            f"{name}: config.json lacks {exc} needed to size the KV cache",
+            hint="fit needs a decoder config with num_hidden_layers, num_attention_heads, hidden_size",
+        ) from None
+    kv_heads = int(c.get("num_key_value_heads") or heads)
+    head_dim = int(c.get("head_dim") or hidden // heads)
+    max_context = c.get("max_position_embeddings")
+    return Footprint(
+        name=name,
+        family=family,
+        weights_bytes=weights_bytes,
+        layers=layers,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        hidden_size=hidden,
+        vocab_size=vocab,
+        max_context=int(max_context) if isinstance(max_context, int) else None,
+    )
+
+
+def weight_bytes(folder: Path) -> int:
+    """Bytes of the weight files under ``folder`` (tokenizers, configs and cards left out)."""
+    total = 0
+    for file in folder.rglob("*"):
+        if file.is_file() and file.name.endswith(WEIGHT_SUFFIXES):
+            total += file.stat().st_size
+    return total
+
+
+def _family_of_folder(folder: Path) -> str:
+    manifest = folder / "quantforge.json"
+    if manifest.exists():
+        try:
+            return format_family(str(json.loads(manifest.read_text())["format"]))
+        except (ValueError, KeyError):
+            pass
+    names = {p.suffix for p in folder.iterdir() if p.is_file()}
+    if ".gguf" in names:
+        return "gguf"
+    if ".onnx" in names:
+        return "onnx"
+    if (folder / "openvino_model.xml").exists():
+        return "openvino"
+    return "hf"
+
+
+def footprint_of(path: Path) -> Footprint:
+    """The footprint of a local model folder (HF, or a quantforge variant of any format)."""
+    if not path.exists():
+        raise ModelSourceError(f"{str(path)!r} does not exist", hint="pass a model folder")
+    if path.is_file():
+        raise ModelSourceError(
+            f"{str(path)!r} is a file; fit reads a model folder with its config.json",
+            hint="pass the folder that holds it",
+        )
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise ModelSourceError(
+            f"{str(path)!r} has no config.json to read the model's shape from",
+            hint="pass a Hugging Face model folder or a quantforge variant folder",
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelSourceError(f"{config_path} is not valid JSON: {exc}") from None
+    weights = weight_bytes(path)
+    if not weights:
+        raise ModelSourceError(
+            f"{str(path)!r} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})"
+        )
+    return footprint_from_config(path.name, _family_of_folder(path), weights, config)
+
+
+def footprint_from_hub(ref: str, revision: str | None = None) -> Footprint:
+    """The footprint of a Hub model from its config and file sizes, without its weights."""
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise ModelSourceError(
+            f"{ref!r} is not a local folder, and huggingface_hub is not installed to look it up",
+            hint="pip install 'quantforge[hub]'",
+        ) from None
+    try:
+        info = HfApi().model_info(ref, revision=revision, files_metadata=True)
+        config_file = hf_hub_download(ref, "config.json", revision=info.sha)
+    except LocalEntryNotFoundError:
+        raise ModelSourceError(
+            f"{ref!r} is not a local folder and could not be looked up on the Hub (offline?)",
+            hint="check the id, your network, or pass a local folder",
+        ) from None
+    except HfHubHTTPError as exc:
+        raise ModelSourceError(f"cannot look up {ref!r} on the Hub: {exc}") from None
+    files = {s.rfilename: s.size or 0 for s in info.siblings or []}
+    weights = sum(size for name, size in files.items() if name.endswith(WEIGHT_SUFFIXES))
+    if not weights:
+        raise ModelSourceError(f"Hub repo {ref!r} holds no weight files")
+    family = "gguf" if any(n.endswith(".gguf") for n in files) else "hf"
+    config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    return footprint_from_config(ref, family, weights, config)
