@@ -108,6 +108,7 @@ class StepContext:
     calibration: CalibrationSet | None = None
     memo: dict[Any, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
+    base_model: Path | None = None  # the HF folder the chain started from
 
     def remember(self, key: Any, factory: Callable[[], Any]) -> Any:
         if key not in self.memo:
@@ -167,6 +168,11 @@ class Quantizer(Step):
 
     needs_calibration: ClassVar[bool] = False
     method: ClassVar[str] = ""
+
+    def calibrates(self, options: Mapping[str, OptionValue]) -> bool:
+        """Whether this step reads calibration data with these ``options`` (default:
+        ``needs_calibration``; override when an option such as ``imatrix`` turns it on)."""
+        return self.needs_calibration
 
     @abstractmethod
     def quantize(

@@ -155,7 +155,9 @@ def needs_calibration(plugins: Plugins, spec: VariantSpec) -> bool:
     if spec.method is None:
         return False
     method = plugins.methods.get(spec.method)
-    return isinstance(method, Quantizer) and method.needs_calibration
+    if not isinstance(method, Quantizer):
+        return False
+    return method.calibrates(method.options.resolve(method.name, spec.options, spec.preset))
 
 
 def plan_variant(
@@ -191,7 +193,7 @@ def plan_variant(
         plugin = plugins.methods.plugin_of(obj.name)
         info = plugins.infos[plugin]
         version = info.version or "0"
-        calibrates = isinstance(obj, Quantizer) and obj.needs_calibration
+        calibrates = isinstance(obj, Quantizer) and obj.calibrates(options)
         if calibrates and calibration is None:
             raise UsageError(
                 f"{obj.name} needs calibration data",

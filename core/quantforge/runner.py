@@ -366,6 +366,7 @@ class Runner:
             },
             "output": str(self.artifact_path(step.key)),
             "manifest": manifest,
+            "base_path": str(plan.base.path),
         }
 
     def _calibration_record(self, plan: Preflight) -> dict[str, Any] | None:
@@ -483,12 +484,28 @@ class Runner:
     def _references(
         self, executor: LocalExecutor, plan: Preflight, tokens: Path
     ) -> dict[tuple[str, str], Path]:
-        """Run the base once per target for evaluators that compare against it (its logits)."""
+        """Run the base once per target for evaluators that compare against it (its logits).
+
+        A target that cannot run the HF base (llama.cpp runs only GGUF) compares against
+        the base as run by a target that can: one in the run, else the local ``cpu``.
+        """
         fingerprint = json.loads(tokens.read_text())["fingerprint"]
         out: dict[tuple[str, str], Path] = {}
-        for tname, (target, topts) in plan.targets.items():
-            if not target.measured or not target.runs("hf"):
-                continue
+        if not any(e.needs_reference for e, _, _ in plan.evaluators):
+            return out
+        measured = {n: t for n, t in plan.targets.items() if t[0].measured}
+        runs_base = [n for n, (t, _) in measured.items() if t.runs("hf")]
+        sources: dict[str, tuple[str, Target, dict[str, Any]]] = {}
+        for tname, (target, topts) in measured.items():
+            if target.runs("hf"):
+                sources[tname] = (tname, target, topts)
+            elif runs_base:
+                sources[tname] = (runs_base[0], *plan.targets[runs_base[0]])
+            elif "cpu" in self.plugins.targets:
+                cpu = self.plugins.targets.get("cpu")
+                sources[tname] = ("cpu", cpu, cpu.options.resolve("target cpu", {}))
+        done: set[str] = set()
+        for tname, (rname, _target, topts) in sources.items():
             todo = []
             for evaluator, opts, version in plan.evaluators:
                 if not evaluator.needs_reference:
@@ -496,7 +513,7 @@ class Runner:
                 key = _digest(
                     "reference",
                     plan.base.identity,
-                    tname,
+                    rname,
                     topts,
                     evaluator.name,
                     version,
@@ -504,7 +521,7 @@ class Runner:
                     fingerprint,
                 )
                 path = self.cache_dir / "references" / key
-                if not path.exists():  # written to a temporary folder, renamed when complete
+                if not path.exists() and rname not in done:
                     todo.append(
                         {
                             "name": evaluator.name,
@@ -514,6 +531,8 @@ class Runner:
                         }
                     )
                 out[(tname, evaluator.name)] = path
+            done.add(rname)
+            tname = rname
             if not todo:
                 continue
             self.reporter.stage(f"reference outputs of the base on {tname}", 1)

@@ -90,7 +90,7 @@ def bits_label(bits: float | None, precision: dict[str, Any] | None) -> str:
             {b for b in precision.get("modules", {}).values() if isinstance(b, int | float)}
         )
         if len(widths) > 1:
-            return "/".join(f"{b:g}" for b in widths)
+            return "/".join(f"{b:.3g}" for b in widths)
     return "-" if bits is None else f"{bits:g}"
 
 

@@ -49,6 +49,7 @@ def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         log=lambda msg: print(msg, flush=True),
     )
     for step in job["steps"]:
+        context.base_model = Path(step["base_path"]) if step.get("base_path") else None
         method = plugins.methods.get(step["method"])
         try:
             method.check_available()

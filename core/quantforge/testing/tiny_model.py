@@ -1,7 +1,7 @@
 """Build a tiny Llama-architecture causal LM and its tokenizer, locally and deterministically.
 
 The text is Python's own standard-library source, which every machine with
-Python has: a byte-level BPE is trained on it, then the model is trained for a
+Python has: a Llama-2-style BPE (byte fallback) is trained on it, then the model is trained for a
 short while so that perplexity, KL divergence and top-1 agreement mean
 something. Every dimension is a multiple of 256 (llama.cpp k-quants need rows
 divisible by 256). Nothing is downloaded.
@@ -41,6 +41,8 @@ class TinyModelSpec:
     learning_rate: float = 1e-3
     train_chars: int = 1_500_000
     seed: int = 0
+    # Llama-2 style: Metaspace pre-tokenizer and byte fallback, which llama.cpp's converter reads
+    tokenizer: str = "llama-bpe-byte-fallback"
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True) + _corpus_signature()
@@ -128,13 +130,22 @@ def _build(spec: TinyModelSpec, out: Path, log: Callable[[str], None]) -> None:
 
     text = training_text(spec.train_chars)
     started = time.perf_counter()
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    # The layout of Llama 2's tokenizer.json: BPE over "▁"-joined words, unknown characters
+    # fall back to <0xNN> byte tokens. llama.cpp's converter reads it as a "llama" vocab.
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("\u2581", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=spec.vocab_size,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))],
+        limit_alphabet=200,
         show_progress=False,
     )
     chunks = [text[i : i + 10_000] for i in range(0, len(text), 10_000)]

@@ -1,0 +1,90 @@
+"""A GGUF Q4_K_M variant through quantforge, beside llama.cpp's convert + quantize run directly.
+
+    .venv/bin/python bench/gguf_q4km.py [--model DIR] [--runs 3]
+
+Both sides start from the same HF folder and end with a Q4_K_M file, with a cold
+quantforge cache each time. quantforge's figure is the whole `quantforge quantize`
+command (preflight, worker processes, manifests, results store and the size
+measurement); the reference is `convert_hf_to_gguf.py` then `llama_model_quantize`
+in one fresh interpreter. Prints the medians and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DIRECT = """
+import ctypes, sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+assert llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)) == 0
+"""
+
+
+def _timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
+def direct(model: Path, converter: Path, work: Path, env: dict[str, str]) -> float:
+    f16, q4 = work / "f16.gguf", work / "q4_k_m.gguf"
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(model)]
+        + ["--outfile", str(f16), "--outtype", "f16"],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    subprocess.run(
+        [sys.executable, "-c", DIRECT, str(f16), str(q4)], check=True, capture_output=True, env=env
+    )
+    seconds = time.perf_counter() - start
+    assert q4.stat().st_size > 0
+    return seconds
+
+
+def through_quantforge(model: Path, work: Path, env: dict[str, str]) -> float:
+    script = shutil.which("quantforge") or str(Path(sys.executable).parent / "quantforge")
+    argv = [script, "quantize", str(model), "-v", "llamacpp:q4_k_m", "--target", "llama.cpp"]
+    argv += ["--evaluator", "size", "--out", str(work / "run")]
+    return _timed(argv, {**env, "QUANTFORGE_CACHE_DIR": str(work / "cache")})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, help="HF model folder (default: the tiny model)")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    from quantforge.testing import build_tiny_model
+    from quantforge_llamacpp.converter import converter_dir, llama_cpp_version
+
+    model = args.model or build_tiny_model(log=print)
+    converter = converter_dir()  # fetched once, outside the timings
+    env = {**os.environ, "QUANTFORGE_LLAMA_CPP_DIR": str(converter)}
+    ours, theirs = [], []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+            theirs.append(direct(model, converter, Path(a), env))
+            ours.append(through_quantforge(model, Path(b), env))
+    q, d = statistics.median(ours), statistics.median(theirs)
+    print(
+        f"model: {model} ({sum(p.stat().st_size for p in model.glob('*.safetensors')) / 1e6:.1f} MB)"
+    )
+    print(f"llama-cpp-python {llama_cpp_version()}, {os.cpu_count()} cores, {args.runs} runs")
+    print(f"llama.cpp convert + quantize, direct : {d:7.2f} s (median)")
+    print(f"quantforge quantize -v llamacpp:q4_k_m: {q:7.2f} s (median)")
+    print(f"ratio quantforge / direct: {q / d:.2f}")
+
+
+if __name__ == "__main__":
+    main()

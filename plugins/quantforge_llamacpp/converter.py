@@ -1,0 +1,161 @@
+"""llama.cpp's own HF -> GGUF converter, from the llama-cpp-python release that is installed.
+
+``convert_hf_to_gguf.py``, its ``conversion/`` package and the matching ``gguf-py``
+ship only in llama-cpp-python's source distribution (PyPI ``gguf`` does not match
+the script). They are fetched once per version from the package index with pip and
+kept in the quantforge cache; ``QUANTFORGE_LLAMA_CPP_DIR`` may point at a llama.cpp
+checkout instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from quantforge.errors import MissingDependencyError, QuantforgeError
+
+CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
+
+
+def llama_cpp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        raise MissingDependencyError("llama.cpp", ["llama-cpp-python"], "gguf") from None
+
+
+def _cache_dir() -> Path:
+    from quantforge.runner import default_cache_dir
+
+    return default_cache_dir() / "llama.cpp"
+
+
+def cached_converter() -> Path | None:
+    """The converter folder when it is already here (no fetching)."""
+    env = os.environ.get("QUANTFORGE_LLAMA_CPP_DIR")
+    if env:
+        return Path(env)
+    try:
+        folder = _cache_dir() / llama_cpp_version()
+    except MissingDependencyError:
+        return None
+    return folder if (folder / "convert_hf_to_gguf.py").exists() else None
+
+
+def converter_dir() -> Path:
+    """The folder holding ``convert_hf_to_gguf.py`` for the installed llama.cpp, fetched once."""
+    env = os.environ.get("QUANTFORGE_LLAMA_CPP_DIR")
+    if env:
+        folder = Path(env)
+        if not (folder / "convert_hf_to_gguf.py").exists():
+            raise QuantforgeError(
+                f"QUANTFORGE_LLAMA_CPP_DIR={env} holds no convert_hf_to_gguf.py",
+                hint="point it at a llama.cpp checkout, or unset it to fetch the matching one",
+            )
+        return folder
+    found = cached_converter()
+    if found:
+        return found
+    version = llama_cpp_version()
+    final = _cache_dir() / version
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".fetch-") as tmp:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--disable-pip-version-check",
+                f"llama-cpp-python=={version}",
+                "-d",
+                tmp,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        if out.returncode or not archives:
+            last = (out.stderr.strip().splitlines() or ["no archive"])[-1]
+            raise QuantforgeError(
+                f"cannot fetch llama.cpp's converter (llama-cpp-python {version} sources): {last}",
+                hint="check access to the package index, or set QUANTFORGE_LLAMA_CPP_DIR "
+                "to a llama.cpp checkout of the same version",
+            )
+        staging = Path(tmp) / "converter"
+        staging.mkdir()
+        with tarfile.open(archives[0]) as tar:
+            prefix = f"{tar.getnames()[0].split('/')[0]}/vendor/llama.cpp/"
+            members = [
+                m
+                for m in tar.getmembers()
+                if m.name.startswith(prefix)
+                and m.name[len(prefix) :].split("/")[0] in CONVERTER_FILES
+                and (m.isfile() or m.isdir())
+            ]
+            for m in members:
+                m.name = m.name[len(prefix) :]
+            tar.extractall(staging, members=members, filter="data")
+        try:
+            staging.rename(final)
+        except OSError:  # another process finished first
+            if not (final / "convert_hf_to_gguf.py").exists():
+                raise
+    return final
+
+
+def supported_architectures(folder: Path) -> frozenset[str]:
+    """Architectures the converter knows, read from its ``TEXT_MODEL_MAP`` without importing it."""
+    source = (folder / "conversion" / "__init__.py").read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else node.targets
+            if any(isinstance(t, ast.Name) and t.id == "TEXT_MODEL_MAP" for t in targets):
+                assert node.value is not None
+                return frozenset(ast.literal_eval(node.value))
+    return frozenset()
+
+
+def convert(model: Path, outfile: Path, outtype: str) -> None:
+    """Run ``convert_hf_to_gguf.py``; its own last error line goes into the raised error."""
+    folder = converter_dir()
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(folder / "convert_hf_to_gguf.py"),
+            str(model),
+            "--outfile",
+            str(outfile),
+            "--outtype",
+            outtype,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    sys.stderr.write(out.stderr[-20000:])
+    if out.returncode or not outfile.exists():
+        lines = [ln.strip() for ln in out.stderr.splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln or "error" in ln]
+        reason = (errors or lines or ["no output"])[-1]
+        raise QuantforgeError(
+            f"llama.cpp's convert_hf_to_gguf.py failed on {model.name}: {reason}",
+            hint="llama.cpp may not support this model yet; see its log above",
+        )
+
+
+def remove_fetched() -> None:
+    """Forget the cached converter of the installed version (it is fetched again when needed)."""
+    shutil.rmtree(_cache_dir() / llama_cpp_version(), ignore_errors=True)

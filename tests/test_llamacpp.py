@@ -1,0 +1,144 @@
+"""GGUF through llama.cpp: export with its converter, k-/i-quants, and measurement on llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import fails_with, quantforge
+from quantforge.testing import TinyModelSpec, build_tiny_model
+from quantforge.testing.tiny_model import calibration_text
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def calibration_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("calib") / "calibration.txt"
+    path.write_text(calibration_text(200_000), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gguf_run(tiny_model: Path, calibration_file: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("gguf") / "run"
+    variants = ["gguf", "llamacpp:q8_0", "llamacpp:q4_k_m", "llamacpp:q2_k"]
+    variants.append("llamacpp:iq2_xs,imatrix=true")
+    args = ["quantize", str(tiny_model), "--out", str(out), "--target", "llama.cpp"]
+    args += ["--target", "cpu", "--calibration", str(calibration_file)]
+    args += ["--calibration-samples", "16", "--calibration-seq-len", "128"]
+    for v in variants:
+        args += ["-v", v]
+    for e in ("size", "speed", "perplexity", "kl"):
+        args += ["--evaluator", e]
+    done = quantforge(*args, timeout=1800)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(quantforge("results", str(out), "--json").stdout)
+    metrics: dict[tuple[str, str], dict[str, float]] = {}
+    for m in data["measurements"]:
+        metrics.setdefault((m["variant"], m["target"]), {})[m["metric"]] = m["value"]
+    return out, metrics
+
+
+def test_f16_gguf_scores_the_same_tokens_as_the_hf_base(gguf_run) -> None:  # type: ignore[no-untyped-def]
+    _, metrics = gguf_run
+    base, f16 = metrics[("base", "cpu")], metrics[("gguf", "llama.cpp")]
+    assert f16["perplexity"] == pytest.approx(base["perplexity"], rel=2e-3)
+    assert f16["kl_divergence"] < 1e-4 and f16["top1_agreement"] > 0.99
+    assert f16["decode_tps"] > 0 and f16["prefill_tps"] > 0
+
+
+def test_fewer_bits_mean_smaller_files_and_more_divergence(gguf_run) -> None:  # type: ignore[no-untyped-def]
+    _, metrics = gguf_run
+    order = ["gguf", "llamacpp-q8_0", "llamacpp-q4_k_m", "llamacpp-q2_k"]
+    rows = [metrics[(v, "llama.cpp")] for v in order]
+    sizes = [r["size_mb"] for r in rows]
+    assert sizes == sorted(sizes, reverse=True)
+    kls = [r["kl_divergence"] for r in rows[1:]]
+    assert kls == sorted(kls) and kls[0] < 1e-4
+    tops = [r["top1_agreement"] for r in rows[1:]]
+    assert tops == sorted(tops, reverse=True)
+
+
+def test_iq2_xs_with_an_importance_matrix_builds_and_records_it(gguf_run) -> None:  # type: ignore[no-untyped-def]
+    out, metrics = gguf_run
+    iq2 = metrics[("llamacpp-iq2_xs-imatrixtrue", "llama.cpp")]
+    assert iq2["size_mb"] < metrics[("llamacpp-q2_k", "llama.cpp")]["size_mb"] + 0.5
+    assert iq2["kl_divergence"] > metrics[("llamacpp-q8_0", "llama.cpp")]["kl_divergence"]
+    folder = out / "variants" / "llamacpp-iq2_xs-imatrixtrue"
+    precision = json.loads((folder / "quantforge-precision.json").read_text())
+    assert precision["imatrix"] is True and precision["type"] == "IQ2_XS"
+    assert "IQ2_XS" in {str(v) for v in precision["modules"].values()} or any(
+        v == 2.3125 for v in precision["modules"].values()
+    )
+    assert (folder / "config.json").exists()  # kept for fit checks
+    fit = quantforge("fit", str(folder), "--target", "rpi5", "--json")
+    assert json.loads(fit.stdout)[0]["runtime"] == "llama.cpp"
+
+
+def test_a_quant_type_that_needs_an_imatrix_is_refused_without_one(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    out = quantforge(
+        "quantize", str(tiny_model), "-v", "llamacpp:iq2_xs", "--target", "llama.cpp",
+        "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    fails_with(out, "IQ2_XS needs an importance matrix", "imatrix=true")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_architecture_llama_cpp_cannot_convert_fails_before_compute(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "odd"
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["QuantforgeOddForCausalLM"]
+    (model / "config.json").write_text(json.dumps(config))
+    out = quantforge(
+        "quantize", str(model), "-v", "llamacpp:q4_k_m", "--target", "llama.cpp",
+        "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    fails_with(
+        out, "llama.cpp's converter", "Architecture 'QuantforgeOddForCausalLM' not supported"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_widths_a_k_quant_cannot_take_fall_back_and_are_reported(tmp_path: Path) -> None:
+    # 320 columns in ffn_down: not a multiple of the 256-wide k-quant super-block
+    odd = build_tiny_model(TinyModelSpec(intermediate_size=320, train_steps=2), tmp_path / "models")
+    out = tmp_path / "run"
+    done = quantforge(
+        "quantize", str(odd), "-v", "llamacpp:q4_k_m", "--target", "llama.cpp",
+        "--evaluator", "size", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    precision = json.loads(
+        (out / "variants" / "llamacpp-q4_k_m" / "quantforge-precision.json").read_text()
+    )
+    fallbacks = precision["fallbacks"]
+    assert fallbacks and all(f["columns"] == 320 and f["block"] == 256 for f in fallbacks)
+    assert {f["tensor"] for f in fallbacks} >= {"blk.0.ffn_down.weight"}
+    assert all(f["used"] != f["wanted"] for f in fallbacks)
+    log = "\n".join(p.read_text() for p in (out / "logs").rglob("*.log"))
+    assert "blk.0.ffn_down.weight has 320 columns, not a multiple of 256" in log
+
+
+def test_a_missing_llama_cpp_build_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from quantforge.errors import MissingDependencyError
+    from quantforge_llamacpp import GGUFExporter, LlamaCppTarget
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llama_cpp" else real(name, *a),
+    )
+    for obj in (GGUFExporter(), LlamaCppTarget()):
+        with pytest.raises(MissingDependencyError, match=r"quantforge\[gguf\]"):
+            obj.check_available()
