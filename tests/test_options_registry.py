@@ -72,3 +72,18 @@ def test_registry_refuses_duplicates_and_suggests_names() -> None:
     assert registry.plugin_of("perplexity") == "plugin-a"
     with pytest.raises(TypeError):
         registry.add(object(), "plugin-c")  # type: ignore[arg-type]
+
+
+def test_a_format_no_bundled_plugin_exports_names_the_plugin_that_would() -> None:
+    from quantforge.errors import UnknownNameError
+    from quantforge.registry import Registry
+
+    methods: Registry[object] = Registry("method", object)
+    for name, library in (
+        ("trtllm", "tensorrt_llm"),
+        ("coreml", "coremltools"),
+        ("tflite", "ai-edge-torch"),
+    ):
+        with pytest.raises(UnknownNameError) as info:
+            methods.get(name)
+        assert library in str(info.value) and "not bundled" in str(info.value)

@@ -9,6 +9,20 @@ from quantforge.errors import DuplicateNameError, UnknownNameError
 
 T = TypeVar("T")
 
+# Formats no first-party plugin exports, because their runtimes cannot run on this
+# kind of machine: which plugin would provide each, for the error a user gets.
+ELSEWHERE: dict[str, str] = {
+    "tensorrt-llm": "TensorRT-LLM engines come from a plugin built on NVIDIA's tensorrt_llm "
+    "(needs a CUDA GPU to build and run), e.g. a 'quantforge-tensorrt-llm' package",
+    "coreml": "Core ML packages come from a plugin built on coremltools (runs on Apple "
+    "devices), e.g. a 'quantforge-coreml' package",
+    "tflite": "TFLite / LiteRT models come from a plugin built on ai-edge-torch, "
+    "e.g. a 'quantforge-litert' package",
+    "executorch": "ExecuTorch programs come from a plugin built on executorch, "
+    "e.g. a 'quantforge-executorch' package",
+}
+ALIASES = {"trtllm": "tensorrt-llm", "trt-llm": "tensorrt-llm", "litert": "tflite"}
+
 
 class Registry(Generic[T]):
     """Objects of one kind by name, each remembered with the plugin that registered it."""
@@ -34,7 +48,11 @@ class Registry(Generic[T]):
         try:
             return self._items[name][0]
         except KeyError:
-            raise UnknownNameError(self.kind, name, self._items) from None
+            error = UnknownNameError(self.kind, name, self._items)
+            elsewhere = ELSEWHERE.get(ALIASES.get(name.lower(), name.lower()))
+            if elsewhere:
+                error.hint = f"not bundled: {elsewhere}; see docs/writing-a-plugin.md"
+            raise error from None
 
     def plugin_of(self, name: str) -> str:
         self.get(name)
