@@ -17,7 +17,18 @@ from quantforge.interfaces import Artifact
 MANIFEST = "quantforge.json"
 # Written by quantizers that know it: which module got which precision (mixed precision).
 PRECISION_FILE = "quantforge-precision.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".onnx", ".xml", ".pt", ".pth")
+# ONNX keeps large weights beside the graph in ``*.onnx.data`` / ``*.onnx_data`` files.
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".gguf",
+    ".onnx",
+    ".data",
+    ".onnx_data",
+    ".xml",
+    ".pt",
+    ".pth",
+)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -29,6 +40,10 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "added_tokens.json",
 )
+
+
+def is_weight_file(name: str) -> bool:
+    return Path(name).suffix in WEIGHT_SUFFIXES
 
 
 def weight_files(path: Path) -> list[Path]:

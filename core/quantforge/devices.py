@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from quantforge.artifacts import WEIGHT_SUFFIXES, folder_bytes, is_weight_file
 from quantforge.errors import ModelSourceError, PlanError, UsageError
 from quantforge.interfaces import Artifact, Runtime, Target, format_family
 from quantforge.options import Option, OptionSet, OptionValue
@@ -23,8 +24,7 @@ from quantforge.options import Option, OptionSet, OptionValue
 GIB = 1024**3
 MIB = 1024**2
 
-# Files that hold weights, by suffix; everything else (tokenizer, configs, cards) is not counted.
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".onnx", ".onnx.data", ".onnx_data", ".data")
+DEFAULT_CONTEXT = 4096  # tokens checked unless asked otherwise (the model's maximum if shorter)
 SCRATCH_TOKENS = 512  # a runtime sizes its activation buffers for one batch of this many tokens
 
 
@@ -62,6 +62,10 @@ class Footprint:
     hidden_size: int
     vocab_size: int
     max_context: int | None = None
+
+    def default_context(self, preferred: int = DEFAULT_CONTEXT) -> int:
+        """``preferred``, or the model's maximum context when that is shorter."""
+        return min(preferred, self.max_context or preferred)
 
     def kv_bytes(self, context: int, bytes_per_value: float) -> float:
         """Keys and values of every layer for ``context`` tokens."""
@@ -157,7 +161,7 @@ class DeviceProfile(Target):
     processor: ClassVar[str] = ""
     source: ClassVar[str] = ""
     options = OptionSet(
-        [Option("context", int, 4096, "context length to check (tokens)", min=1)],
+        [Option("context", int, DEFAULT_CONTEXT, "context length to check (tokens)", min=1)],
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -297,15 +301,6 @@ def footprint_from_config(
     )
 
 
-def weight_bytes(folder: Path) -> int:
-    """Bytes of the weight files under ``folder`` (tokenizers, configs and cards left out)."""
-    total = 0
-    for file in folder.rglob("*"):
-        if file.is_file() and file.name.endswith(WEIGHT_SUFFIXES):
-            total += file.stat().st_size
-    return total
-
-
 def _family_of_folder(folder: Path) -> str:
     manifest = folder / "quantforge.json"
     if manifest.exists():
@@ -342,7 +337,7 @@ def footprint_of(path: Path) -> Footprint:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise ModelSourceError(f"{config_path} is not valid JSON: {exc}") from None
-    weights = weight_bytes(path)
+    weights = folder_bytes(path, weights_only=True)
     if not weights:
         raise ModelSourceError(
             f"{str(path)!r} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})"
@@ -371,7 +366,7 @@ def footprint_from_hub(ref: str, revision: str | None = None) -> Footprint:
     except HfHubHTTPError as exc:
         raise ModelSourceError(f"cannot look up {ref!r} on the Hub: {exc}") from None
     files = {s.rfilename: s.size or 0 for s in info.siblings or []}
-    weights = sum(size for name, size in files.items() if name.endswith(WEIGHT_SUFFIXES))
+    weights = sum(size for name, size in files.items() if is_weight_file(name))
     if not weights:
         raise ModelSourceError(f"Hub repo {ref!r} holds no weight files")
     family = "gguf" if any(n.endswith(".gguf") for n in files) else "hf"

@@ -38,6 +38,17 @@ class VariantSpec:
     source: str | None = None  # an existing checkpoint to import instead of building one
 
 
+def parse_option_pairs(pairs: list[str], where: str) -> dict[str, str]:
+    """``["group_size=64", ...]`` -> ``{"group_size": "64"}``; ``where`` names the source in errors."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"bad option {pair!r} in {where}", hint="write OPTION=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
 def parse_variant(text: str) -> VariantSpec:
     """``"base"``, ``"rtn:int4"``, ``"rtn:int4,group_size=64"`` or ``"bnb,quant_type=fp4"``."""
     text = text.strip()
@@ -49,12 +60,7 @@ def parse_variant(text: str) -> VariantSpec:
         return VariantSpec(BASE)
     head, *pairs = text.split(",")
     method, _, preset = head.partition(":")
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"bad option {pair!r} in variant {text!r}", hint="write OPTION=VALUE")
-        options[key.strip()] = value.strip()
+    options = parse_option_pairs(pairs, f"variant {text!r}")
     name = method + (f"-{preset}" if preset else "")
     if pairs:
         name += "-" + "-".join(f"{k}{v}" for k, v in options.items())

@@ -180,13 +180,15 @@ def _check_contexts(
     targets: dict[str, tuple[Target, dict[str, Any]]],
     model_config: dict[str, Any],
 ) -> None:
-    """Device profiles check fit at a context length: default 4096 or the model's maximum."""
-    longest = footprint_from_config("base", "hf", 0, model_config).max_context
+    """Device profiles check fit at a context length: the option's default, or the model's
+    maximum when that is shorter; a longer one asked for is refused before any compute."""
+    base = footprint_from_config("base", "hf", 0, model_config)
+    longest = base.max_context
     for name, (target, options) in targets.items():
         if not isinstance(target, DeviceProfile) or not longest:
             continue
         if "context" not in config.targets[name]:
-            options["context"] = min(int(options["context"]), longest)
+            options["context"] = base.default_context(int(options["context"]))
         elif int(options["context"]) > longest:
             raise UsageError(
                 f"target {name}: context {options['context']} is longer than the model "

@@ -39,7 +39,7 @@ def fit_reports(
         profiles.append(target)
     footprint = footprint_for(ref, revision)
     if context is None:
-        context = min(4096, footprint.max_context or 4096)
+        context = footprint.default_context()
     runnable = [p for p in profiles if footprint.family in p.formats]
     if not runnable:
         # one named device that does not run this format: say which formats it runs

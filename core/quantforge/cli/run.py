@@ -127,16 +127,10 @@ def _calibration_from_args(args: argparse.Namespace) -> CalibrationSpec | None:
 
 def _target_arg(text: str) -> tuple[str, dict[str, str]]:
     """``rpi5`` or ``rpi5,context=2048``: a target and its options."""
-    from quantforge.errors import UsageError
+    from quantforge.planner import parse_option_pairs
 
     name, *pairs = text.split(",")
-    options = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"bad option {pair!r} in --target {text!r}", hint="write OPTION=VALUE")
-        options[key.strip()] = value.strip()
-    return name.strip(), options
+    return name.strip(), parse_option_pairs(pairs, f"--target {text!r}")
 
 
 def quantize_command(args: argparse.Namespace) -> int:
