@@ -133,8 +133,9 @@ class OrtQuantizer(Quantizer):
             return 8.0
         bits = int(str(options["bits"]))
         block = int(str(options["block_size"]))
-        # one fp32 scale per block, and a zero point of the same width when asymmetric
-        zero = 0 if options["symmetric"] and options["algorithm"] == "rtn" else bits
+        # one fp32 scale per block, and a zero point when asymmetric: packed at the weight
+        # width for RTN, a float for HQQ
+        zero = 32 if options["algorithm"] == "hqq" else (0 if options["symmetric"] else bits)
         return bits + (32 + zero) / block
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:

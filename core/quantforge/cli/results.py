@@ -46,14 +46,24 @@ def print_tables(run_dir: Path) -> None:
         for metric in t.columns:
             table.add_column(title(metric), justify="right")
         table.add_column("status")
-        for row in t.rows:
+        # rows of formats this target does not run are left out, and named in one line
+        skipped = [row for row in t.rows if row["status"] == "not runnable"]
+        shown = [row for row in t.rows if row["status"] != "not runnable"]
+        for row in shown:
             bits = row["bits_label"]
             cells = [format_value(m, row["metrics"].get(m)) for m in t.columns]
             table.add_row(row["variant"], row["method"], bits, *cells, row["status"])
-        console.print(table)
-        for row in t.rows:
+        if shown:
+            console.print(table)
+        for row in shown:
             if row["error"]:
                 console.print(f"[red]{row['variant']}[/red]: {row['error']}")
+        if skipped:
+            formats = sorted({row["format"].split("+")[0] for row in skipped})
+            console.print(
+                f"[dim]Not run on {t.target} (it does not run {', '.join(formats)}): "
+                f"{', '.join(row['variant'] for row in skipped)}[/dim]"
+            )
     console.print(
         f"Results store: {run_dir / 'results.sqlite'} (`quantforge results {run_dir} --json` for provenance)"
     )
