@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -80,6 +81,28 @@ def fails_with(
     assert "Traceback" not in out.stderr
     for fragment in fragments:
         assert fragment in lines[-1], lines[-1]
+
+
+Metrics = dict[tuple[str, str], dict[str, float]]
+
+
+def quantize_and_measure(
+    model: Path, out: Path, variants: list[str], *args: str, timeout: int = 1800
+) -> Metrics:
+    """Run ``quantforge quantize`` with every measuring evaluator (it must succeed) and
+    return the stored values as ``{(variant, target): {metric: value}}``."""
+    cmd = ["quantize", str(model), "--out", str(out), *args]
+    for v in variants:
+        cmd += ["-v", v]
+    for e in ("size", "speed", "perplexity", "kl"):
+        cmd += ["--evaluator", e]
+    done = quantforge(*cmd, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(quantforge("results", str(out), "--json").stdout)
+    metrics: Metrics = {}
+    for m in data["measurements"]:
+        metrics.setdefault((m["variant"], m["target"]), {})[m["metric"]] = m["value"]
+    return metrics
 
 
 def with_pythonpath(path: Path) -> dict[str, str]:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import fails_with, quantforge
+from conftest import fails_with, quantforge, quantize_and_measure
 from quantforge.testing import TinyModelSpec, build_tiny_model
 from quantforge.testing.tiny_model import calibration_text
 
@@ -26,20 +26,9 @@ def gguf_run(tiny_model: Path, calibration_file: Path, tmp_path_factory: pytest.
     out = tmp_path_factory.mktemp("gguf") / "run"
     variants = ["gguf", "llamacpp:q8_0", "llamacpp:q4_k_m", "llamacpp:q2_k"]
     variants.append("llamacpp:iq2_xs,imatrix=true")
-    args = ["quantize", str(tiny_model), "--out", str(out), "--target", "llama.cpp"]
-    args += ["--target", "cpu", "--calibration", str(calibration_file)]
+    args = ["--target", "llama.cpp", "--target", "cpu", "--calibration", str(calibration_file)]
     args += ["--calibration-samples", "16", "--calibration-seq-len", "128"]
-    for v in variants:
-        args += ["-v", v]
-    for e in ("size", "speed", "perplexity", "kl"):
-        args += ["--evaluator", e]
-    done = quantforge(*args, timeout=1800)
-    assert done.returncode == 0, done.stdout + done.stderr
-    data = json.loads(quantforge("results", str(out), "--json").stdout)
-    metrics: dict[tuple[str, str], dict[str, float]] = {}
-    for m in data["measurements"]:
-        metrics.setdefault((m["variant"], m["target"]), {})[m["metric"]] = m["value"]
-    return out, metrics
+    return out, quantize_and_measure(tiny_model, out, variants, *args)
 
 
 def test_f16_gguf_scores_the_same_tokens_as_the_hf_base(gguf_run) -> None:  # type: ignore[no-untyped-def]

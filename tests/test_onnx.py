@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import fails_with, quantforge
+from conftest import fails_with, quantforge, quantize_and_measure
 from quantforge import Artifact
 
 pytestmark = pytest.mark.slow
@@ -19,18 +19,7 @@ def onnx_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):  # typ
     out = tmp_path_factory.mktemp("onnx") / "run"
     variants = ["onnx", "ort:int8", "ort:int4", "ort:int4,embeddings=true", "ort:int2"]
     variants.append("ort:int8-dynamic")
-    args = ["quantize", str(tiny_model), "--out", str(out), "--target", "onnxruntime"]
-    for v in variants:
-        args += ["-v", v]
-    for e in ("size", "speed", "perplexity", "kl"):
-        args += ["--evaluator", e]
-    done = quantforge(*args, timeout=1800)
-    assert done.returncode == 0, done.stdout + done.stderr
-    data = json.loads(quantforge("results", str(out), "--json").stdout)
-    metrics: dict[tuple[str, str], dict[str, float]] = {}
-    for m in data["measurements"]:
-        metrics.setdefault((m["variant"], m["target"]), {})[m["metric"]] = m["value"]
-    return out, metrics
+    return out, quantize_and_measure(tiny_model, out, variants, "--target", "onnxruntime")
 
 
 def test_the_onnx_export_scores_the_same_tokens_as_the_hf_base(onnx_run) -> None:  # type: ignore[no-untyped-def]

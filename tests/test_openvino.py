@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import fails_with, quantforge
+from conftest import fails_with, quantforge, quantize_and_measure
 from quantforge import Artifact
 from quantforge.testing.tiny_model import calibration_text
 
@@ -23,20 +23,9 @@ def openvino_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory):  #
     out = tmp / "run"
     variants = ["openvino", "openvino:f16", "nncf:int8", "nncf:int4", "nncf:int4-awq"]
     variants.append("nncf:int4-asym,group_size=64,ratio=0.8")
-    args = ["quantize", str(tiny_model), "--out", str(out), "--target", "openvino"]
-    args += ["--calibration", str(calibration)]
+    args = ["--target", "openvino", "--calibration", str(calibration)]
     args += ["--calibration-samples", "16", "--calibration-seq-len", "128"]
-    for v in variants:
-        args += ["-v", v]
-    for e in ("size", "speed", "perplexity", "kl"):
-        args += ["--evaluator", e]
-    done = quantforge(*args, timeout=1800)
-    assert done.returncode == 0, done.stdout + done.stderr
-    data = json.loads(quantforge("results", str(out), "--json").stdout)
-    metrics: dict[tuple[str, str], dict[str, float]] = {}
-    for m in data["measurements"]:
-        metrics.setdefault((m["variant"], m["target"]), {})[m["metric"]] = m["value"]
-    return out, metrics
+    return out, quantize_and_measure(tiny_model, out, variants, *args)
 
 
 def test_the_openvino_export_scores_the_same_tokens_as_the_hf_base(openvino_run) -> None:  # type: ignore[no-untyped-def]

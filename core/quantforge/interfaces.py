@@ -221,6 +221,35 @@ class GenerationTiming:
     prefill_seconds: float
     decode_seconds: float
 
+    @classmethod
+    def measure(
+        cls,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        prefill: Callable[[], Any],
+        step: Callable[[Any], Any],
+        sync: Callable[[], None] = lambda: None,
+    ) -> GenerationTiming:
+        """Time ``prefill()`` (the prompt, giving the first token) and then
+        ``max_new_tokens - 1`` calls of ``step(token)`` (one decode step each, giving the
+        next token). ``sync`` waits for queued device work before each clock read."""
+        import time
+
+        start = time.perf_counter()
+        token = prefill()
+        sync()
+        prefill_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(max_new_tokens - 1):
+            token = step(token)
+        sync()
+        return cls(
+            prompt_tokens=prompt_tokens,
+            new_tokens=max_new_tokens - 1,
+            prefill_seconds=prefill_seconds,
+            decode_seconds=time.perf_counter() - start,
+        )
+
 
 class Runtime(ABC):
     """A loaded variant that a target can run.

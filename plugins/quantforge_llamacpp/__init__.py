@@ -296,27 +296,18 @@ class LlamaCppRuntime(Runtime):
         return torch.from_numpy(scores)
 
     def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
-        import time
-
         import numpy as np
 
         ids = list(input_ids)
         self._check(len(ids) + max_new_tokens)
         self.model.reset()
-        start = time.perf_counter()
-        self.model.eval(ids)
-        token = int(np.argmax(self.model.scores[self.model.n_tokens - 1]))
-        prefill = time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(max_new_tokens - 1):
-            self.model.eval([token])
-            token = int(np.argmax(self.model.scores[self.model.n_tokens - 1]))
-        decode = time.perf_counter() - start
-        return GenerationTiming(
-            prompt_tokens=len(ids),
-            new_tokens=max_new_tokens - 1,
-            prefill_seconds=prefill,
-            decode_seconds=decode,
+
+        def forward(tokens: list[int]) -> int:
+            self.model.eval(tokens)
+            return int(np.argmax(self.model.scores[self.model.n_tokens - 1]))
+
+        return GenerationTiming.measure(
+            len(ids), max_new_tokens, prefill=lambda: forward(ids), step=lambda t: forward([t])
         )
 
     def close(self) -> None:

@@ -267,26 +267,21 @@ class OnnxGenaiRuntime(Runtime):
         return torch.from_numpy(np.ascontiguousarray(logits[: len(ids)]))
 
     def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
-        import time
-
         ids = list(input_ids)
         generator = self._generator(len(ids) + max_new_tokens)
-        start = time.perf_counter()
-        generator.append_tokens(ids)
-        # the first token comes from the prefill's logits; each later one costs a decode step
-        generator.generate_next_token()
-        prefill = time.perf_counter() - start
-        start = time.perf_counter()
-        steps = 0
-        while not generator.is_done():
+
+        def prefill() -> None:
+            generator.append_tokens(ids)
+            # picks the first token from the prefill's logits; no decode step yet
             generator.generate_next_token()
-            steps += 1
-        decode = time.perf_counter() - start
-        return GenerationTiming(
-            prompt_tokens=len(ids),
-            new_tokens=steps,
-            prefill_seconds=prefill,
-            decode_seconds=decode,
+
+        # each later call runs one decode step on the last token, then picks the next;
+        # min_length = max_length keeps it going for exactly max_new_tokens - 1 steps
+        return GenerationTiming.measure(
+            len(ids),
+            max_new_tokens,
+            prefill=prefill,
+            step=lambda _: generator.generate_next_token(),
         )
 
     def close(self) -> None:

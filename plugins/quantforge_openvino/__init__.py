@@ -309,25 +309,17 @@ class OpenVINORuntime(Runtime):
         return torch.from_numpy(logits)
 
     def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
-        import time
-
         ids = list(input_ids)
         self._check(len(ids) + max_new_tokens)
         self.request.reset_state()
-        start = time.perf_counter()
-        token = int(self._run(ids, len(ids))[0, -1].argmax())
-        prefill = time.perf_counter() - start
-        total = len(ids)
-        start = time.perf_counter()
-        for _ in range(max_new_tokens - 1):
-            total += 1
-            token = int(self._run([token], total)[0, -1].argmax())
-        decode = time.perf_counter() - start
-        return GenerationTiming(
-            prompt_tokens=len(ids),
-            new_tokens=max_new_tokens - 1,
-            prefill_seconds=prefill,
-            decode_seconds=decode,
+        seen = [0]
+
+        def forward(tokens: list[int]) -> int:
+            seen[0] += len(tokens)
+            return int(self._run(tokens, seen[0])[0, -1].argmax())
+
+        return GenerationTiming.measure(
+            len(ids), max_new_tokens, prefill=lambda: forward(ids), step=lambda t: forward([t])
         )
 
     def close(self) -> None:

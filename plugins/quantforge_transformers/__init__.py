@@ -118,33 +118,24 @@ class TransformersRuntime(Runtime):
             return self.model(input_ids=ids).logits[0].float().cpu()
 
     def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
-        import time
-
         torch = self.torch
-        with (
-            torch.no_grad()
-        ):  # not inference_mode: quanto's packed kernels reject inference tensors
-            ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.model.device)
-            sync = torch.cuda.synchronize if ids.is_cuda else (lambda: None)
-            start = time.perf_counter()
-            out = self.model(input_ids=ids, use_cache=True)
-            token = out.logits[:, -1:].argmax(-1)
-            sync()
-            prefill = time.perf_counter() - start
-            past = out.past_key_values
-            start = time.perf_counter()
-            for _ in range(max_new_tokens - 1):
-                out = self.model(input_ids=token, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                token = out.logits[:, -1:].argmax(-1)
-            sync()
-            decode = time.perf_counter() - start
-        return GenerationTiming(
-            prompt_tokens=len(input_ids),
-            new_tokens=max_new_tokens - 1,
-            prefill_seconds=prefill,
-            decode_seconds=decode,
-        )
+        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.model.device)
+        cache: list[Any] = [None]
+
+        def forward(tokens: Any) -> Any:
+            out = self.model(input_ids=tokens, past_key_values=cache[0], use_cache=True)
+            cache[0] = out.past_key_values
+            return out.logits[:, -1:].argmax(-1)
+
+        # not inference_mode: quanto's packed kernels reject inference tensors
+        with torch.no_grad():
+            return GenerationTiming.measure(
+                len(input_ids),
+                max_new_tokens,
+                prefill=lambda: forward(ids),
+                step=forward,
+                sync=torch.cuda.synchronize if ids.is_cuda else (lambda: None),
+            )
 
     def close(self) -> None:
         del self.model
