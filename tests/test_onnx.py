@@ -58,6 +58,7 @@ def test_quantized_graphs_hold_the_ops_the_options_asked_for(onnx_run) -> None: 
         (variants / "ort-int4-embeddingstrue" / "quantforge-precision.json").read_text()
     )
     assert emb["ops"].get("GatherBlockQuantized") == 1
+    assert set(emb["modules"].values()) == {4.0}
     dyn = json.loads((variants / "ort-int8-dynamic" / "quantforge-precision.json").read_text())
     assert "MatMulNBits" not in dyn["ops"] and dyn["ops"]
     for v in ("onnx", "ort-int4"):

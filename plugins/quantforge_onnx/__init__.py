@@ -89,7 +89,7 @@ class OrtQuantizer(Quantizer):
     output_format = "onnx+ort"
     requires = ("onnxruntime", "onnx")
     extra = EXTRA
-    version = "1"
+    version = "2"
     options = OptionSet(
         [
             Option(

@@ -170,18 +170,19 @@ def _node_report(model: Any) -> dict[str, Any]:
     """Quantized nodes by op type, and each quantized node's bit width where it has one."""
     counts: dict[str, int] = {}
     modules: dict[str, float | str] = {}
-    quantized_ops = {
-        "MatMulNBits",
-        "GatherBlockQuantized",
-        "DynamicQuantizeMatMul",
-        "MatMulInteger",
+    # weight bits when the node has no ``bits`` attribute (GatherBlockQuantized defaults to 4)
+    default_bits = {
+        "MatMulNBits": 4,
+        "GatherBlockQuantized": 4,
+        "DynamicQuantizeMatMul": 8,
+        "MatMulInteger": 8,
     }
     for node in model.graph.node:
-        if node.op_type not in quantized_ops:
+        if node.op_type not in default_bits:
             continue
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
         bits = next((a.i for a in node.attribute if a.name == "bits"), 0)
-        modules[node.name] = float(bits) if bits else "int8"
+        modules[node.name] = float(bits or default_bits[node.op_type])
     return {"ops": counts, "modules": modules}
 
 
