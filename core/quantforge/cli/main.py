@@ -136,6 +136,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_lazy("quantforge.cli.results", "results_command"))
 
     p = sub.add_parser(
+        "cards",
+        help="Hugging Face model cards (and a size-vs-quality plot) for every variant of a run",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/cards)")
+    p.add_argument(
+        "--variant", action="append", metavar="NAME", help="only this variant (repeatable)"
+    )
+    p.add_argument("--base-model", metavar="REPO_ID", help="the base model's Hub id (metadata)")
+    p.add_argument(
+        "--namespace", metavar="ORG", help="user or org the variants go to (links and snippets)"
+    )
+    p.add_argument(
+        "--repo-name",
+        metavar="SCHEME",
+        default="{base}-{method}-{bits}",
+        help="repo naming scheme: {base}, {method}, {bits}, {preset}, {variant}",
+    )
+    p.add_argument("--quantized-by", metavar="NAME", help="who made the variants (metadata)")
+    p.add_argument("--license", help="license id (default: the base model card's)")
+    p.add_argument("--no-plot", action="store_true", help="leave out the trade-off plot")
+    p.set_defaults(handler=_lazy("quantforge.cli.cards", "cards_command"))
+
+    p = sub.add_parser(
         "demo", help="tiny model -> fp, RTN int4, bnb NF4, bnb int8 -> measured table"
     )
     p.add_argument("--out", type=Path, default=Path("quantforge-demo"), help="output folder")
