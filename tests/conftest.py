@@ -22,6 +22,46 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["QUANTFORGE_CACHE_DIR"] = cache
     os.environ.pop("QUANTFORGE_LOAD_PLUGINS", None)
     os.environ.pop("QUANTFORGE_DEBUG", None)
+    # huggingface_hub reads these once, at import: point every client of the session (this
+    # process and the CLI's) at the local Hub server, with no Xet and no real token.
+    os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_free_port()}"
+    os.environ["HF_HUB_DISABLE_XET"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HOME"] = str(Path(cache) / "hf-home")
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        os.environ.pop(name, None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+WRITE_TOKEN = "hf_quantforge_test_write"
+READ_TOKEN = "hf_quantforge_test_read"
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The local Hub-protocol server on ``HF_ENDPOINT``: user ``alice`` (org ``qf-org``)
+    holds WRITE_TOKEN; ``bob`` holds READ_TOKEN."""
+    from hub_server import HubServer
+
+    port = int(os.environ["HF_ENDPOINT"].rsplit(":", 1)[1])
+    tokens = {
+        WRITE_TOKEN: {"name": "alice", "orgs": ["qf-org"], "role": "write"},
+        READ_TOKEN: {"name": "bob", "orgs": [], "role": "read"},
+    }
+    with HubServer(tmp_path_factory.mktemp("hub"), tokens, port=port) as server:
+        import huggingface_hub.constants
+
+        assert server.url == huggingface_hub.constants.ENDPOINT, (
+            "imported before HF_ENDPOINT was set"
+        )
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -132,3 +132,12 @@ def test_bad_card_requests_write_nothing(run: Path, tmp_path: Path) -> None:
     fails_with(quantforge("cards", str(tmp_path / "nowhere")), "holds no results store")
     assert not out.exists()
     assert not list(tmp_path.glob(".cards-*"))
+
+
+def test_every_generated_card_passes_the_hubs_card_validation(cards: Path, hub) -> None:  # type: ignore[no-untyped-def]
+    from huggingface_hub import ModelCard
+
+    paths = sorted(cards.rglob("README.md"))
+    assert len(paths) == 5  # four variants and the family
+    for path in paths:
+        ModelCard.load(path).validate()
