@@ -84,6 +84,7 @@ class HubState:
     collections: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) log
+    upload_delay: float = 0.0  # seconds each LFS upload waits before it is read
 
     def blob_path(self, sha256: str) -> Path:
         return self.root / "blobs" / sha256
@@ -191,6 +192,8 @@ class Handler(BaseHTTPRequestHandler):
         query = parse_qs(url.query)
         with self.state.lock:
             self.state.requests.append((self.command, path))
+        if path.startswith("/lfs-upload/") and self.state.upload_delay:
+            time.sleep(self.state.upload_delay)  # lets a test kill a client mid-upload
         try:
             with self.state.lock:
                 self._route(path, query)
@@ -587,8 +590,8 @@ class Handler(BaseHTTPRequestHandler):
             for c in self.state.collections.values()
             if c["owner"]["name"] == namespace and c["title"] == title
         ]
-        if existing:
-            raise HubError(409, "Collection already exists", "CollectionExists")
+        if existing:  # the Hub names the existing collection in its conflict answer
+            raise HubError(409, "Collection already exists", slug=existing[0]["slug"])
         slug = f"{namespace}/{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}-{hashlib.sha1(title.encode()).hexdigest()[:24]}"
         collection = {
             "slug": slug,

@@ -160,6 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_lazy("quantforge.cli.cards", "cards_command"))
 
     p = sub.add_parser(
+        "push", help="publish a run's variants to the Hub: one repo and one commit per variant"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--namespace", required=True, metavar="ORG", help="your user name or an org")
+    p.add_argument(
+        "--repo-name",
+        metavar="SCHEME",
+        default="{base}-{method}-{bits}",
+        help="repo naming scheme: {base}, {method}, {bits}, {preset}, {variant}",
+    )
+    p.add_argument(
+        "--variant", action="append", metavar="NAME", help="only this variant (repeatable)"
+    )
+    p.add_argument("--private", action="store_true", help="create private repos")
+    p.add_argument(
+        "--collection", metavar="TITLE", help="group the repos and the base in a collection"
+    )
+    p.add_argument("--base-model", metavar="REPO_ID", help="the base model's Hub id (metadata)")
+    p.add_argument("--quantized-by", metavar="NAME", help="who made the variants (metadata)")
+    p.add_argument("--license", help="license id (default: the base model card's)")
+    p.add_argument("--overwrite", action="store_true", help="replace a repo's unrelated content")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would be created and uploaded, and stop"
+    )
+    p.set_defaults(handler=_lazy("quantforge.cli.push", "push_command"))
+
+    p = sub.add_parser(
         "demo", help="tiny model -> fp, RTN int4, bnb NF4, bnb int8 -> measured table"
     )
     p.add_argument("--out", type=Path, default=Path("quantforge-demo"), help="output folder")

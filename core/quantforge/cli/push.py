@@ -1,0 +1,92 @@
+"""``quantforge push RUN_DIR --namespace ORG``: one Hub repo and one commit per variant."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from quantforge.errors import MissingDependencyError, UsageError
+
+
+def push_command(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [
+        m for m in ("huggingface_hub", "jinja2", "matplotlib") if not importlib.util.find_spec(m)
+    ]
+    if missing:
+        raise MissingDependencyError("quantforge push", missing, "cards")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from quantforge.cards import CardOptions, RunFacts, check_repo_id
+    from quantforge.publish import PublishError, plan_push, push, token_and_user
+
+    run_dir: Path = args.run_dir
+    if not (run_dir / "results.sqlite").exists():
+        raise UsageError(
+            f"{run_dir} holds no results store", hint="pass a folder made by `quantforge quantize`"
+        )
+    if args.base_model:
+        check_repo_id(args.base_model, "the base model")
+    check_repo_id(f"{args.namespace}/x", "the namespace")
+    facts = RunFacts.load(run_dir)
+    api = HfApi()
+    try:
+        token_and_user(api, args.namespace)
+        with tempfile.TemporaryDirectory(prefix="quantforge-push-") as staging:
+            plans = plan_push(
+                api,
+                facts,
+                Path(staging),
+                namespace=args.namespace,
+                scheme=args.repo_name,
+                options=CardOptions(
+                    base_model=args.base_model, quantized_by=args.quantized_by, license=args.license
+                ),
+                variants=args.variant,
+                overwrite=args.overwrite,
+            )
+            for plan in plans:
+                verb = {"create": "create", "update": "update", "unchanged": "keep"}[plan.action]
+                print(
+                    f"{verb} {plan.repo_id}{' (private)' if args.private and not plan.exists else ''}: "
+                    f"{len(plan.files)} files, {plan.size() / 1e6:.1f} MB"
+                    + (f", {len(plan.changed)} changed" if plan.action == "update" else "")
+                )
+                if args.dry_run:
+                    for path, file in sorted(plan.files.items()):
+                        print(f"    {path} ({file.stat().st_size:,} bytes)")
+            if args.collection:
+                print(f"collection {args.namespace}: {args.collection!r} with {len(plans)} models")
+            if args.dry_run:
+                print("Dry run: nothing was created or uploaded.")
+                return 0
+            done = push(
+                api,
+                plans,
+                private=args.private,
+                collection=args.collection,
+                namespace=args.namespace,
+                base_model=args.base_model,
+            )
+    except HfHubHTTPError as exc:
+        response = getattr(exc, "response", None)
+        status = f"HTTP {response.status_code}" if response is not None else "no answer"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PublishError(
+            f"the Hub refused the push ({status}: {first})",
+            hint="fix the cause and rerun the same command: finished repos are kept, "
+            "files already uploaded are not sent again",
+        ) from None
+    except OSError as exc:  # network drops surface as OSError subclasses (httpx, ssl, socket)
+        raise PublishError(
+            f"the push stopped: {type(exc).__name__}: {exc}",
+            hint="rerun the same command to finish; nothing is uploaded twice",
+        ) from None
+    print(
+        f"Pushed {len(done['committed'])} repos ({len(done['created'])} new), "
+        f"{len(done['unchanged'])} unchanged."
+    )
+    return 0

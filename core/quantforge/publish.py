@@ -1,0 +1,282 @@
+"""Publishing a run's variants to the Hugging Face Hub, one repo and one commit per variant.
+
+Everything is checked before the first write: the token (from huggingface_hub's usual
+sources, never printed), write access to the namespace, every variant folder, and each
+target repo's current content. A repo that holds something else is refused unless
+``overwrite``; a repo that already holds exactly these files gets no new commit. Files go
+up in one ``create_commit`` per repo, so an interrupted push leaves no partial commit; LFS
+objects that reached the server are not sent again when the push is rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from quantforge.artifacts import MANIFEST
+from quantforge.cards import PLOT_FILE, CardOptions, RunFacts, pareto_plot, repo_ids, variant_card
+from quantforge.errors import QuantforgeError, UsageError
+
+CARD_FILE = "README.md"
+
+
+class PublishError(QuantforgeError):
+    """The Hub refused, or the run cannot be published as asked."""
+
+    exit_code = 2
+
+
+@dataclass
+class RepoPlan:
+    """What one variant's push creates and uploads."""
+
+    variant: str
+    repo_id: str
+    files: dict[str, Path]  # path in repo -> local file
+    exists: bool = False
+    action: str = "create"  # create | update | unchanged
+    changed: list[str] = field(default_factory=list)
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.files.values())
+
+
+def git_blob_oid(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _variant_files(folder: Path) -> dict[str, Path]:
+    """Every file of a variant folder, by its path in the repo; refuses an incomplete folder."""
+    if not folder.is_dir():
+        raise UsageError(
+            f"variant folder {folder} is missing", hint="rebuild it with `quantforge quantize`"
+        )
+    files = {
+        p.relative_to(folder).as_posix(): p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
+    if MANIFEST not in files or len(files) < 2:
+        raise UsageError(
+            f"variant folder {folder} is missing files (it has {len(files)}, and "
+            f"{'no' if MANIFEST not in files else 'a'} {MANIFEST})",
+            hint="rebuild it with `quantforge quantize`",
+        )
+    return files
+
+
+def token_and_user(api: Any, namespace: str) -> dict[str, Any]:
+    """The user the saved token belongs to, checked for write access to ``namespace``."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not get_token():
+        raise PublishError(
+            "no Hugging Face token found",
+            hint="run `hf auth login` or set HF_TOKEN to a token with write access",
+        )
+    try:
+        user: dict[str, Any] = api.whoami()
+    except HfHubHTTPError as exc:
+        raise PublishError(
+            f"the Hub did not accept the token ({_status(exc)})",
+            hint="run `hf auth login` again with a valid token",
+        ) from None
+    role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise PublishError(
+            f"the token of {user.get('name')!r} is read-only",
+            hint="create a token with write access and run `hf auth login`",
+        )
+    writable = {user.get("name"), *(o.get("name") for o in user.get("orgs") or [])}
+    if namespace not in writable:
+        raise PublishError(
+            f"{user.get('name')!r} cannot write to the namespace {namespace!r}",
+            hint=f"use --namespace with one of: {', '.join(sorted(str(w) for w in writable))}",
+        )
+    return user
+
+
+def _status(exc: Exception) -> str:
+    response = getattr(exc, "response", None)
+    return f"HTTP {response.status_code}" if response is not None else type(exc).__name__
+
+
+def remote_state(api: Any, repo_id: str) -> dict[str, dict[str, Any]] | None:
+    """``{path: {"oid", "lfs"}}`` of the repo's main branch, or ``None`` if it does not exist."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.hf_api import RepoFile
+
+    try:
+        entries = list(api.list_repo_tree(repo_id, recursive=True))
+    except RepositoryNotFoundError:
+        return None
+    return {
+        e.path: {"oid": e.blob_id, "lfs": e.lfs.sha256 if e.lfs else None}
+        for e in entries
+        if isinstance(e, RepoFile)
+    }
+
+
+def _changed(local: dict[str, Path], remote: dict[str, dict[str, Any]]) -> list[str]:
+    """Paths whose content differs between the local files and the repo (empty: identical)."""
+    changed = []
+    for path, file in local.items():
+        entry = remote.get(path)
+        if entry is None:
+            changed.append(path)
+        elif entry["lfs"]:
+            if entry["lfs"] != sha256_of(file):
+                changed.append(path)
+        elif entry["oid"] != git_blob_oid(file):
+            changed.append(path)
+    changed += [p for p in remote if p not in local and p != ".gitattributes"]
+    return changed
+
+
+def _belongs_to_run(api: Any, repo_id: str, facts: RunFacts, variant: str) -> bool:
+    """Whether the repo's manifest says it holds a quantforge variant of this run's base."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        manifest = json.loads(Path(hf_hub_download(repo_id, MANIFEST)).read_text())
+    except (EntryNotFoundError, ValueError):
+        return False
+    return bool((manifest.get("base") or {}).get("content_hash") == facts.run["base_hash"])
+
+
+def plan_push(
+    api: Any,
+    facts: RunFacts,
+    staging: Path,
+    *,
+    namespace: str,
+    scheme: str,
+    options: CardOptions,
+    variants: Sequence[str] | None,
+    overwrite: bool,
+) -> list[RepoPlan]:
+    """Cards and plots into ``staging``, and what each repo would get. Writes nothing remote."""
+    ids = repo_ids(facts, namespace, scheme)
+    names = list(variants) if variants else [v.name for v in facts.variants if v.name != "base"]
+    for name in names:
+        facts.variant(name)
+        if name == "base":
+            raise UsageError(
+                "the base model is not republished", hint="push the quantized variants"
+            )
+    card_options = CardOptions(
+        base_model=options.base_model,
+        repo_ids=ids,
+        quantized_by=options.quantized_by,
+        license=options.license,
+        plot=PLOT_FILE,
+    )
+    plans = []
+    for name in names:
+        variant = facts.variant(name)
+        files = _variant_files(variant.path) if variant.path else {}
+        if not files:
+            raise UsageError(f"variant {name!r} has no folder recorded in the results store")
+        folder = staging / name
+        folder.mkdir(parents=True)
+        plot = pareto_plot(facts, folder / PLOT_FILE, highlight=name)
+        variant_card(facts, name, card_options if plot else replace(card_options, plot=None)).save(
+            folder / CARD_FILE
+        )
+        files = {**files, CARD_FILE: folder / CARD_FILE}
+        if plot:
+            files[PLOT_FILE] = plot
+        plan = RepoPlan(name, ids[name], files)
+        remote = remote_state(api, plan.repo_id)
+        if remote is not None:
+            plan.exists = True
+            plan.changed = _changed(files, remote)
+            if not plan.changed:
+                plan.action = "unchanged"
+            else:
+                plan.action = "update"
+                content = [p for p in remote if p != ".gitattributes"]
+                if (
+                    content
+                    and not overwrite
+                    and not _belongs_to_run(api, plan.repo_id, facts, name)
+                ):
+                    raise PublishError(
+                        f"{plan.repo_id} already holds other content ({len(content)} files, "
+                        "not a quantforge variant of this base)",
+                        hint="pick another --namespace or --repo-name, or pass --overwrite",
+                    )
+        plans.append(plan)
+    return plans
+
+
+def push(
+    api: Any,
+    plans: Sequence[RepoPlan],
+    *,
+    private: bool,
+    collection: str | None,
+    namespace: str,
+    base_model: str | None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Create the repos, one commit each, then the collection. Returns what was done."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    done: dict[str, Any] = {"created": [], "committed": [], "unchanged": [], "collection": None}
+    for plan in plans:
+        if plan.action == "unchanged":
+            done["unchanged"].append(plan.repo_id)
+            log(f"{plan.repo_id}: unchanged, nothing uploaded")
+            continue
+        if not plan.exists:
+            api.create_repo(plan.repo_id, private=private, exist_ok=True)
+            done["created"].append(plan.repo_id)
+        parent = api.model_info(plan.repo_id).sha
+        remote = remote_state(api, plan.repo_id) or {}
+        operations: list[Any] = [
+            CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(file))
+            for path, file in sorted(plan.files.items())
+        ]
+        operations += [
+            CommitOperationDelete(path_in_repo=path)
+            for path in remote
+            if path not in plan.files and path != ".gitattributes"
+        ]
+        info = api.create_commit(
+            plan.repo_id,
+            operations=operations,
+            commit_message=f"quantforge: {plan.variant}",
+            commit_description=f"{len(plan.files)} files, {plan.size() / 1e6:.1f} MB, "
+            "built and measured with quantforge",
+            parent_commit=parent,
+        )
+        done["committed"].append({"repo_id": plan.repo_id, "commit": info.oid})
+        log(f"{plan.repo_id}: {plan.action}d in commit {info.oid[:10]} ({len(plan.files)} files)")
+    if collection:
+        coll = api.create_collection(
+            collection, namespace=namespace, private=private, exists_ok=True
+        )
+        present = {i.item_id for i in coll.items}
+        items = ([base_model] if base_model else []) + [p.repo_id for p in plans]
+        for item in items:
+            if item not in present:
+                api.add_collection_item(coll.slug, item_id=item, item_type="model", exists_ok=True)
+        done["collection"] = coll.slug
+        log(f"collection: {coll.slug} ({len(items)} models)")
+    return done

@@ -1,0 +1,215 @@
+"""``quantforge push`` against the local Hub-protocol server, through huggingface_hub only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import READ_TOKEN, ROOT, WRITE_TOKEN, fails_with, quantforge
+
+VARIANTS = ("rtn-int4", "rtn-int8", "rtn-int4-group_size64")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # the same run as tests/test_cards.py: its steps and measurements come from the cache
+    out = tmp_path_factory.mktemp("push") / "run"
+    done = quantforge(
+        "quantize", str(tiny_model), "-v", "rtn:int4", "-v", "rtn:int8", "-v", "rtn:int4,group_size=64",
+        "--target", "cpu", "--target", "rpi5,context=256", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def base_on_hub(hub, tiny_model: Path) -> str:  # type: ignore[no-untyped-def]
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=WRITE_TOKEN)
+    api.create_repo("qf-org/tiny-llama", exist_ok=True)
+    api.upload_folder(folder_path=tiny_model, repo_id="qf-org/tiny-llama")
+    return "qf-org/tiny-llama"
+
+
+def _push(
+    run: Path, *args: str, token: str | None = WRITE_TOKEN
+) -> subprocess.CompletedProcess[str]:
+    env = {"HF_TOKEN": token} if token else {}
+    return quantforge("push", str(run), *args, env=env)
+
+
+def _repo_ids(run: Path, namespace: str) -> dict[str, str]:
+    base = Path(
+        json.loads(quantforge("results", str(run), "--json").stdout)["run"]["base_model"]
+    ).name
+    return {
+        "rtn-int4": f"{namespace}/{base}-rtn-int4",  # two int4 RTN variants: named by variant
+        "rtn-int4-group_size64": f"{namespace}/{base}-rtn-int4-group_size64",
+        "rtn-int8": f"{namespace}/{base}-rtn-8bit",
+    }
+
+
+def _variant_folder(run: Path, name: str) -> Path:
+    return (run / "variants" / name).resolve()
+
+
+def test_push_creates_one_repo_and_commit_per_variant_and_files_match(  # type: ignore[no-untyped-def]
+    hub, run: Path, base_on_hub: str
+) -> None:
+    from huggingface_hub import HfApi, ModelCard, hf_hub_download
+
+    done = _push(
+        run, "--namespace", "qf-org", "--base-model", base_on_hub, "--collection", "tiny family",
+        "--quantized-by", "quantforge-ci",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert WRITE_TOKEN not in done.stdout + done.stderr
+    api = HfApi(token=WRITE_TOKEN)
+    ids = _repo_ids(run, "qf-org")
+    for name, repo_id in ids.items():
+        assert len(api.list_repo_commits(repo_id)) == 2  # the repo's initial commit + ours
+        folder = _variant_folder(run, name)
+        local = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+        remote = set(api.list_repo_files(repo_id))
+        assert set(local) | {"README.md", "quantforge-tradeoffs.png"} <= remote
+        for path, file in local.items():
+            got = hf_hub_download(repo_id, path, token=WRITE_TOKEN)
+            assert Path(got).read_bytes() == file.read_bytes(), path
+        card = ModelCard.load(hf_hub_download(repo_id, "README.md", token=WRITE_TOKEN))
+        card.validate()
+        assert card.data.base_model == base_on_hub and card.data.base_model_relation == "quantized"
+        assert WRITE_TOKEN not in card.text
+    collection = next(iter(hub.state.collections.values()))
+    assert [i["id"] for i in collection["items"]] == [base_on_hub, *[ids[v] for v in VARIANTS]]
+    assert not any(WRITE_TOKEN in p.read_text(errors="ignore") for p in run.rglob("*.log"))
+
+
+def test_a_second_push_uploads_nothing_and_creates_nothing(  # type: ignore[no-untyped-def]
+    hub, run: Path, base_on_hub: str
+) -> None:
+    from huggingface_hub import HfApi
+
+    first = _push(
+        run, "--namespace", "qf-org", "--base-model", base_on_hub, "--collection", "tiny family"
+    )
+    assert first.returncode == 0, first.stderr
+    api = HfApi(token=WRITE_TOKEN)
+    ids = _repo_ids(run, "qf-org")
+    commits = {r: len(api.list_repo_commits(r)) for r in ids.values()}
+    writes = [r for r in hub.state.requests if r[0] in ("POST", "PUT")]
+    again = _push(
+        run, "--namespace", "qf-org", "--base-model", base_on_hub, "--collection", "tiny family"
+    )
+    assert again.returncode == 0, again.stderr
+    assert {r: len(api.list_repo_commits(r)) for r in ids.values()} == commits
+    assert "3 unchanged" in again.stdout
+    new_writes = [r for r in hub.state.requests if r[0] in ("POST", "PUT")][len(writes) :]
+    assert not [w for w in new_writes if "/commit/" in w[1] or w[1].startswith("/lfs-upload/")]
+    assert len(hub.state.collections) == 1
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(hub, run: Path) -> None:  # type: ignore[no-untyped-def]
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    done = _push(run, "--namespace", "alice", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    ids = _repo_ids(run, "alice")
+    for repo_id in ids.values():
+        assert f"create {repo_id}: " in done.stdout
+    assert "    model.safetensors (" in done.stdout and "    README.md (" in done.stdout
+    assert "Dry run: nothing was created or uploaded." in done.stdout
+    for repo_id in ids.values():
+        with pytest.raises(RepositoryNotFoundError):
+            HfApi(token=WRITE_TOKEN).model_info(repo_id)
+
+
+@pytest.mark.parametrize(
+    ("args", "token", "fragments"),
+    [
+        (["--namespace", "alice"], None, ["no Hugging Face token found", "hf auth login"]),
+        (["--namespace", "bob"], READ_TOKEN, ["token of 'bob' is read-only"]),
+        (
+            ["--namespace", "someone-else"],
+            WRITE_TOKEN,
+            ["cannot write to the namespace 'someone-else'", "alice, qf-org"],
+        ),
+        (["--namespace", "bad name!"], WRITE_TOKEN, ["is not a valid Hub repo id"]),
+        (
+            ["--namespace", "alice", "--variant", "rtn-int5"],
+            WRITE_TOKEN,
+            ["unknown variant 'rtn-int5'"],
+        ),
+    ],
+)
+def test_bad_pushes_fail_in_one_line_and_create_nothing(  # type: ignore[no-untyped-def]
+    hub, run: Path, args: list[str], token: str | None, fragments: list[str]
+) -> None:
+    repos = set(hub.state.repos)
+    out = _push(run, *args, token=token)
+    fails_with(out, *fragments)
+    assert set(hub.state.repos) == repos
+    if token:
+        assert token not in out.stdout + out.stderr
+
+
+def test_a_repo_with_unrelated_content_is_refused_unless_overwrite(hub, run: Path) -> None:  # type: ignore[no-untyped-def]
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=WRITE_TOKEN)
+    repo_id = _repo_ids(run, "alice")["rtn-int8"]
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_file(path_or_fileobj=b"someone else's", path_in_repo="weights.bin", repo_id=repo_id)
+    out = _push(run, "--namespace", "alice", "--variant", "rtn-int8")
+    fails_with(out, f"{repo_id} already holds other content", "--overwrite")
+    assert len(api.list_repo_commits(repo_id)) == 2
+    done = _push(run, "--namespace", "alice", "--variant", "rtn-int8", "--overwrite")
+    assert done.returncode == 0, done.stderr
+    files = set(api.list_repo_files(repo_id))
+    assert "weights.bin" not in files and "model.safetensors" in files
+
+
+def test_a_push_killed_mid_upload_finishes_on_rerun_without_duplicates(  # type: ignore[no-untyped-def]
+    hub, run: Path
+) -> None:
+    from huggingface_hub import HfApi
+
+    namespace = "qf-org"
+    scheme = ["--repo-name", "killed-{variant}"]
+    hub.state.upload_delay = 1.5
+    env = {**os.environ, "HF_TOKEN": WRITE_TOKEN}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantforge", "push", str(run), "--namespace", namespace, *scheme],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.startswith("/lfs-upload/") for _, p in hub.state.requests[-50:]):
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                "push ended before uploading"
+            )
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # mid-upload: the first commit has not happened
+        proc.wait(timeout=30)
+    finally:
+        hub.state.upload_delay = 0.0
+    api = HfApi(token=WRITE_TOKEN)
+    ids = {v: f"{namespace}/killed-{v}" for v in VARIANTS}
+    assert all(
+        len(api.list_repo_commits(r)) == 1
+        for r in ids.values()
+        if (("model", r) in hub.state.repos)
+    )
+    done = _push(run, "--namespace", namespace, *scheme)
+    assert done.returncode == 0, done.stderr
+    for repo_id in ids.values():
+        assert len(api.list_repo_commits(repo_id)) == 2, repo_id  # exactly one commit of ours
+        assert "model.safetensors" in api.list_repo_files(repo_id)
+    assert len([k for k in hub.state.repos if k[1].startswith(f"{namespace}/killed-")]) == 3
