@@ -387,17 +387,34 @@ def check_repo_id(repo_id: str, what: str) -> None:
         )
 
 
-def base_license(facts: RunFacts) -> str | None:
-    """The license in the base model's own card (local folders; Hub ids when pushing)."""
+def base_license(facts: RunFacts, base_model: str | None = None) -> str | None:
+    """The license in the base model's own card: the local folder's ``README.md``, else
+    the card of ``base_model`` on the Hub (``None`` when neither says)."""
     from huggingface_hub import ModelCard
 
     base = next((v for v in facts.variants if v.name == "base"), None)
     folder = base.path if base and base.path else Path(str(facts.run["base_model"]))
     readme = folder / "README.md"
-    if not readme.is_file():
+    if readme.is_file():
+        card = ModelCard.load(readme)
+    elif base_model:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            card = ModelCard.load(base_model)
+        except (HfHubHTTPError, OSError, ValueError):
+            return None  # no card, or the Hub is out of reach: the card says "other"
+    else:
         return None
-    license_ = ModelCard.load(readme).data.get("license")
+    license_ = card.data.get("license")
     return str(license_) if license_ else None
+
+
+def license_metadata(license_: str | None) -> dict[str, str]:
+    """``license`` metadata; without a known license, the Hub's ``other`` plus a name."""
+    if license_:
+        return {"license": license_}
+    return {"license": "other", "license_name": "same-as-base-model"}
 
 
 def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
@@ -408,7 +425,7 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
     base_id = options.base_model
     if base_id:
         check_repo_id(base_id, "the base model")
-    license_ = options.license or base_license(facts)
+    license_ = options.license or base_license(facts, options.base_model)
     tags = ["quantforge", variant.family]
     if variant.spec.get("method"):
         tags.append(str(variant.spec["method"]))
@@ -421,10 +438,8 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
         "library_name": LIBRARY.get(variant.family, variant.family),
         "pipeline_tag": "text-generation",
         "tags": sorted(set(tags), key=tags.index),
-        "license": license_ or "other",
+        **license_metadata(license_),
     }
-    if not license_:
-        metadata["license_name"] = "same-as-base-model"
     if base_id:
         metadata["base_model"] = base_id
         metadata["base_model_relation"] = "quantized" if name != "base" else None
@@ -477,7 +492,7 @@ def family_card(facts: RunFacts, options: CardOptions, title: str) -> Any:
     metadata: dict[str, Any] = {
         "pipeline_tag": "text-generation",
         "tags": ["quantforge", "quantized"],
-        "license": options.license or base_license(facts) or "other",
+        **license_metadata(options.license or base_license(facts, options.base_model)),
     }
     if options.base_model:
         check_repo_id(options.base_model, "the base model")
