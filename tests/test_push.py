@@ -213,3 +213,40 @@ def test_a_push_killed_mid_upload_finishes_on_rerun_without_duplicates(  # type:
         assert len(api.list_repo_commits(repo_id)) == 2, repo_id  # exactly one commit of ours
         assert "model.safetensors" in api.list_repo_files(repo_id)
     assert len([k for k in hub.state.repos if k[1].startswith(f"{namespace}/killed-")]) == 3
+
+
+def test_branch_layout_puts_each_variant_on_a_branch_and_the_family_on_main(  # type: ignore[no-untyped-def]
+    hub, run: Path
+) -> None:
+    from huggingface_hub import HfApi, ModelCard, hf_hub_download
+
+    done = _push(
+        run, "--namespace", "alice", "--layout", "branches", "--repo-name", "{base}-family"
+    )
+    assert done.returncode == 0, done.stderr
+    base = Path(
+        json.loads(quantforge("results", str(run), "--json").stdout)["run"]["base_model"]
+    ).name
+    repo_id = f"alice/{base}-family"
+    api = HfApi(token=WRITE_TOKEN)
+    refs = api.list_repo_refs(repo_id)
+    assert {b.name for b in refs.branches} == {"main", *VARIANTS}
+    assert set(api.list_repo_files(repo_id)) == {"README.md", "quantforge-tradeoffs.png"}
+    family = ModelCard.load(hf_hub_download(repo_id, "README.md", token=WRITE_TOKEN))
+    family.validate()
+    assert f"[rtn-int8](https://huggingface.co/{repo_id}/tree/rtn-int8)" in family.text
+    for name in VARIANTS:
+        folder = _variant_folder(run, name)
+        for file in folder.rglob("*"):
+            if file.is_file():
+                path = file.relative_to(folder).as_posix()
+                got = hf_hub_download(repo_id, path, revision=name, token=WRITE_TOKEN)
+                assert Path(got).read_bytes() == file.read_bytes(), (name, path)
+        card = hf_hub_download(repo_id, "README.md", revision=name, token=WRITE_TOKEN)
+        assert f'from_pretrained("{repo_id}", revision="{name}")' in Path(card).read_text()
+    again = _push(
+        run, "--namespace", "alice", "--layout", "branches", "--repo-name", "{base}-family"
+    )
+    assert again.returncode == 0 and "4 unchanged" in again.stdout, again.stdout + again.stderr
+    bad = _push(run, "--namespace", "alice", "--layout", "branches", "--repo-name", "{variant}")
+    fails_with(bad, "with --layout branches the repo name may use {base} only")

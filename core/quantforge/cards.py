@@ -334,6 +334,7 @@ class CardOptions:
 
     base_model: str | None = None  # the base's Hub id; required for base_model metadata
     repo_ids: Mapping[str, str] = field(default_factory=dict)  # variant -> Hub repo id
+    revisions: Mapping[str, str] = field(default_factory=dict)  # variant -> branch (branch layout)
     quantized_by: str | None = None
     license: str | None = None
     plot: str | None = PLOT_FILE
@@ -474,11 +475,14 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
             facts.value(name, t, "fits") is not None for t in facts.targets("estimated")
         ),
         plot=options.plot,
-        usage=usage(variant, model_id),
+        usage=usage(variant, model_id, options.revisions.get(name)),
         provenance=provenance(facts, name),
         command=reproduce_command(facts, variant),
         siblings=[
-            {"name": v.name, "repo": options.repo_ids.get(v.name)}
+            {
+                "name": v.name,
+                "url": hub_url(options.repo_ids.get(v.name), options.revisions.get(v.name)),
+            }
             for v in facts.variants
             if v.name != name
         ],
@@ -505,7 +509,7 @@ def family_card(facts: RunFacts, options: CardOptions, title: str) -> Any:
         rows.append(
             {
                 "name": v.name,
-                "repo": options.repo_ids.get(v.name),
+                "url": hub_url(options.repo_ids.get(v.name), options.revisions.get(v.name)),
                 "method": v.method,
                 "format": v.format,
                 "bits": v.bits_label,
@@ -554,10 +558,22 @@ def fit_lines_for(facts: RunFacts, variant: str, target: str) -> str:
     )
 
 
-def usage(variant: Variant, repo_id: str) -> dict[str, str]:
+def hub_url(repo_id: str | None, revision: str | None = None) -> str | None:
+    if not repo_id:
+        return None
+    return f"https://huggingface.co/{repo_id}" + (f"/tree/{revision}" if revision else "")
+
+
+def usage(variant: Variant, repo_id: str, revision: str | None = None) -> dict[str, str]:
     """Snippets for the runtime that runs this format (rendered by the template)."""
     gguf_type = str((variant.precision or {}).get("type", "")) or "F16"
-    return {"family": variant.family, "repo": repo_id, "gguf_type": gguf_type}
+    return {
+        "family": variant.family,
+        "repo": repo_id,
+        "gguf_type": gguf_type,
+        # extra arguments for from_pretrained / snapshot_download when the variant is a branch
+        "rev": f', revision="{revision}"' if revision else "",
+    }
 
 
 def pareto_plot(facts: RunFacts, path: Path, highlight: str | None = None) -> Path | None:

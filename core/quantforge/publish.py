@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from quantforge.artifacts import MANIFEST
-from quantforge.cards import PLOT_FILE, CardOptions, RunFacts, pareto_plot, repo_ids, variant_card
+from quantforge.cards import (
+    DEFAULT_REPO_SCHEME,
+    PLOT_FILE,
+    CardOptions,
+    RunFacts,
+    check_repo_id,
+    family_card,
+    pareto_plot,
+    repo_ids,
+    variant_card,
+)
 from quantforge.errors import QuantforgeError, UsageError
 
 CARD_FILE = "README.md"
@@ -37,7 +47,8 @@ class RepoPlan:
     variant: str
     repo_id: str
     files: dict[str, Path]  # path in repo -> local file
-    exists: bool = False
+    revision: str = "main"  # the branch it goes to (one branch per variant in the branch layout)
+    exists: bool = False  # the repo (and branch) exists already
     action: str = "create"  # create | update | unchanged
     changed: list[str] = field(default_factory=list)
 
@@ -115,14 +126,16 @@ def _status(exc: Exception) -> str:
     return f"HTTP {response.status_code}" if response is not None else type(exc).__name__
 
 
-def remote_state(api: Any, repo_id: str) -> dict[str, dict[str, Any]] | None:
-    """``{path: {"oid", "lfs"}}`` of the repo's main branch, or ``None`` if it does not exist."""
-    from huggingface_hub.errors import RepositoryNotFoundError
+def remote_state(
+    api: Any, repo_id: str, revision: str = "main"
+) -> dict[str, dict[str, Any]] | None:
+    """``{path: {"oid", "lfs"}}`` of a branch, or ``None`` if the repo or branch does not exist."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.hf_api import RepoFile
 
     try:
-        entries = list(api.list_repo_tree(repo_id, recursive=True))
-    except RepositoryNotFoundError:
+        entries = list(api.list_repo_tree(repo_id, recursive=True, revision=revision))
+    except (RepositoryNotFoundError, RevisionNotFoundError):
         return None
     return {
         e.path: {"oid": e.blob_id, "lfs": e.lfs.sha256 if e.lfs else None}
@@ -147,16 +160,22 @@ def _changed(local: dict[str, Path], remote: dict[str, dict[str, Any]]) -> list[
     return changed
 
 
-def _belongs_to_run(api: Any, repo_id: str, facts: RunFacts, variant: str) -> bool:
-    """Whether the repo's manifest says it holds a quantforge variant of this run's base."""
+def _belongs_to_run(api: Any, repo_id: str, facts: RunFacts, revision: str) -> bool:
+    """Whether the branch's manifest says it holds a quantforge variant of this run's base."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        manifest = json.loads(Path(hf_hub_download(repo_id, MANIFEST)).read_text())
+        manifest = json.loads(
+            Path(hf_hub_download(repo_id, MANIFEST, revision=revision)).read_text()
+        )
     except (EntryNotFoundError, ValueError):
         return False
     return bool((manifest.get("base") or {}).get("content_hash") == facts.run["base_hash"])
+
+
+LAYOUTS = ("repos", "branches")
+FAMILY_REPO_SCHEME = "{base}-quantized"
 
 
 def plan_push(
@@ -165,13 +184,18 @@ def plan_push(
     staging: Path,
     *,
     namespace: str,
-    scheme: str,
+    scheme: str | None,
     options: CardOptions,
     variants: Sequence[str] | None,
     overwrite: bool,
+    layout: str = "repos",
 ) -> list[RepoPlan]:
-    """Cards and plots into ``staging``, and what each repo would get. Writes nothing remote."""
-    ids = repo_ids(facts, namespace, scheme)
+    """Cards and plots into ``staging``, and what each repo would get. Writes nothing remote.
+
+    ``repos``: one repo per variant, named by ``scheme``. ``branches``: one repo (``scheme``
+    may use ``{base}`` only; default ``{base}-quantized``) with a branch per variant and the
+    family card on ``main``.
+    """
     names = list(variants) if variants else [v.name for v in facts.variants if v.name != "base"]
     for name in names:
         facts.variant(name)
@@ -179,9 +203,25 @@ def plan_push(
             raise UsageError(
                 "the base model is not republished", hint="push the quantized variants"
             )
+    if layout == "branches":
+        base = Path(str(facts.config.get("model") or facts.run["base_model"])).name
+        try:
+            repo = f"{namespace}/{(scheme or FAMILY_REPO_SCHEME).format(base=base)}"
+        except (KeyError, IndexError) as exc:
+            raise UsageError(
+                f"with --layout branches the repo name may use {{base}} only, not {exc}",
+                hint="e.g. --repo-name {base}-quantized",
+            ) from None
+        check_repo_id(repo, "the family repo")
+        ids = {v.name: repo for v in facts.variants if v.name != "base"}
+        revisions = {name: name for name in ids}
+    else:
+        ids = repo_ids(facts, namespace, scheme or DEFAULT_REPO_SCHEME)
+        revisions = {}
     card_options = CardOptions(
         base_model=options.base_model,
         repo_ids=ids,
+        revisions=revisions,
         quantized_by=options.quantized_by,
         license=options.license,
         plot=PLOT_FILE,
@@ -201,28 +241,48 @@ def plan_push(
         files = {**files, CARD_FILE: folder / CARD_FILE}
         if plot:
             files[PLOT_FILE] = plot
-        plan = RepoPlan(name, ids[name], files)
-        remote = remote_state(api, plan.repo_id)
-        if remote is not None:
-            plan.exists = True
-            plan.changed = _changed(files, remote)
-            if not plan.changed:
-                plan.action = "unchanged"
-            else:
-                plan.action = "update"
-                content = [p for p in remote if p != ".gitattributes"]
-                if (
-                    content
-                    and not overwrite
-                    and not _belongs_to_run(api, plan.repo_id, facts, name)
-                ):
-                    raise PublishError(
-                        f"{plan.repo_id} already holds other content ({len(content)} files, "
-                        "not a quantforge variant of this base)",
-                        hint="pick another --namespace or --repo-name, or pass --overwrite",
-                    )
-        plans.append(plan)
+        plans.append(RepoPlan(name, ids[name], files, revision=revisions.get(name, "main")))
+    if layout == "branches":
+        folder = staging / "_family"
+        folder.mkdir()
+        plot = pareto_plot(facts, folder / PLOT_FILE)
+        title = (
+            f"{options.base_model or Path(str(facts.run['base_model'])).name}: quantized variants"
+        )
+        family_card(facts, card_options if plot else replace(card_options, plot=None), title).save(
+            folder / CARD_FILE
+        )
+        files = {CARD_FILE: folder / CARD_FILE, **({PLOT_FILE: plot} if plot else {})}
+        plans.append(RepoPlan("family card", next(iter(ids.values())), files, revision="main"))
+    for plan in plans:
+        _compare_with_remote(api, plan, facts, overwrite)
     return plans
+
+
+def _compare_with_remote(api: Any, plan: RepoPlan, facts: RunFacts, overwrite: bool) -> None:
+    """Set what the push would do to this branch; refuse content that is not ours."""
+    remote = remote_state(api, plan.repo_id, plan.revision)
+    if remote is None:
+        return
+    plan.exists = True
+    plan.changed = _changed(plan.files, remote)
+    if not plan.changed:
+        plan.action = "unchanged"
+        return
+    plan.action = "update"
+    if plan.variant == "family card":  # main of a branch-layout repo: a card and a plot only
+        foreign = [p for p in remote if p not in (CARD_FILE, PLOT_FILE, ".gitattributes")]
+    else:
+        content = [p for p in remote if p != ".gitattributes"]
+        ours = not content or _belongs_to_run(api, plan.repo_id, facts, plan.revision)
+        foreign = [] if ours else content
+    if foreign and not overwrite:
+        where = plan.repo_id + ("" if plan.revision == "main" else f" (branch {plan.revision})")
+        raise PublishError(
+            f"{where} already holds other content ({len(foreign)} files, "
+            "not a quantforge variant of this base)",
+            hint="pick another --namespace or --repo-name, or pass --overwrite",
+        )
 
 
 def push(
@@ -239,16 +299,22 @@ def push(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     done: dict[str, Any] = {"created": [], "committed": [], "unchanged": [], "collection": None}
+    ready: set[str] = set()  # repos known to exist
     for plan in plans:
+        where = plan.repo_id + ("" if plan.revision == "main" else f"@{plan.revision}")
         if plan.action == "unchanged":
-            done["unchanged"].append(plan.repo_id)
-            log(f"{plan.repo_id}: unchanged, nothing uploaded")
+            done["unchanged"].append(where)
+            log(f"{where}: unchanged, nothing uploaded")
             continue
-        if not plan.exists:
-            api.create_repo(plan.repo_id, private=private, exist_ok=True)
-            done["created"].append(plan.repo_id)
-        parent = api.model_info(plan.repo_id).sha
-        remote = remote_state(api, plan.repo_id) or {}
+        if plan.repo_id not in ready:
+            if not api.repo_exists(plan.repo_id):
+                api.create_repo(plan.repo_id, private=private, exist_ok=True)
+                done["created"].append(plan.repo_id)
+            ready.add(plan.repo_id)
+        if plan.revision != "main":
+            api.create_branch(plan.repo_id, branch=plan.revision, exist_ok=True)
+        parent = api.model_info(plan.repo_id, revision=plan.revision).sha
+        remote = remote_state(api, plan.repo_id, plan.revision) or {}
         operations: list[Any] = [
             CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(file))
             for path, file in sorted(plan.files.items())
@@ -260,20 +326,25 @@ def push(
         ]
         info = api.create_commit(
             plan.repo_id,
+            revision=plan.revision,
             operations=operations,
             commit_message=f"quantforge: {plan.variant}",
             commit_description=f"{len(plan.files)} files, {plan.size() / 1e6:.1f} MB, "
             "built and measured with quantforge",
             parent_commit=parent,
         )
-        done["committed"].append({"repo_id": plan.repo_id, "commit": info.oid})
-        log(f"{plan.repo_id}: {plan.action}d in commit {info.oid[:10]} ({len(plan.files)} files)")
+        done["committed"].append(
+            {"repo_id": plan.repo_id, "revision": plan.revision, "commit": info.oid}
+        )
+        log(f"{where}: {plan.action}d in commit {info.oid[:10]} ({len(plan.files)} files)")
     if collection:
         coll = api.create_collection(
             collection, namespace=namespace, private=private, exists_ok=True
         )
         present = {i.item_id for i in coll.items}
-        items = ([base_model] if base_model else []) + [p.repo_id for p in plans]
+        items = list(
+            dict.fromkeys(([base_model] if base_model else []) + [p.repo_id for p in plans])
+        )
         for item in items:
             if item not in present:
                 api.add_collection_item(coll.slug, item_id=item, item_type="model", exists_ok=True)

@@ -165,10 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--namespace", required=True, metavar="ORG", help="your user name or an org")
     p.add_argument(
+        "--layout",
+        choices=["repos", "branches"],
+        default="repos",
+        help="a repo per variant, or one repo with a branch per variant and the family card on main",
+    )
+    p.add_argument(
         "--repo-name",
         metavar="SCHEME",
-        default="{base}-{method}-{bits}",
-        help="repo naming scheme: {base}, {method}, {bits}, {preset}, {variant}",
+        help="repo naming scheme: {base}, {method}, {bits}, {preset}, {variant} "
+        "(default {base}-{method}-{bits}; with --layout branches {base}-quantized)",
     )
     p.add_argument(
         "--variant", action="append", metavar="NAME", help="only this variant (repeatable)"

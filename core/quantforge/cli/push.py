@@ -47,11 +47,13 @@ def push_command(args: argparse.Namespace) -> int:
                 ),
                 variants=args.variant,
                 overwrite=args.overwrite,
+                layout=args.layout,
             )
             for plan in plans:
                 verb = {"create": "create", "update": "update", "unchanged": "keep"}[plan.action]
+                where = plan.repo_id + ("" if plan.revision == "main" else f"@{plan.revision}")
                 print(
-                    f"{verb} {plan.repo_id}{' (private)' if args.private and not plan.exists else ''}: "
+                    f"{verb} {where}{' (private)' if args.private and not plan.exists else ''}: "
                     f"{len(plan.files)} files, {plan.size() / 1e6:.1f} MB"
                     + (f", {len(plan.changed)} changed" if plan.action == "update" else "")
                 )
