@@ -58,6 +58,8 @@ def test_card_metadata_is_hub_metadata(cards: Path, run: Path) -> None:
         measured[("rtn-int4", "cpu", "kl_divergence")], abs=1e-6
     )
     assert all(r.task_type == "text-generation" for r in card.data.eval_results)
+    ppl = next(r for r in card.data.eval_results if r.metric_type == "perplexity")
+    assert ppl.metric_args is not None and ppl.metric_args["window"] > 0
 
 
 def test_card_body_shows_the_stored_figures_with_deltas_and_fit_lines(

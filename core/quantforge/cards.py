@@ -323,6 +323,11 @@ def eval_results(facts: RunFacts, variant: str, dataset: str) -> list[Any]:
                 metric_type=metric_type,
                 metric_name=metric_name,
                 metric_value=round(row.value, 6),
+                # how it was measured (tokens scored, window, stride): values depend on them
+                metric_args={
+                    k: v for k, v in row.details.items() if isinstance(v, int | float | str)
+                }
+                or None,
             )
         )
     return results
