@@ -250,3 +250,47 @@ def test_branch_layout_puts_each_variant_on_a_branch_and_the_family_on_main(  # 
     assert again.returncode == 0 and "4 unchanged" in again.stdout, again.stdout + again.stderr
     bad = _push(run, "--namespace", "alice", "--layout", "branches", "--repo-name", "{variant}")
     fails_with(bad, "with --layout branches the repo name may use {base} only")
+
+
+@pytest.fixture(scope="module")
+def gguf_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("push-gguf") / "run"
+    done = quantforge(
+        "quantize", str(tiny_model), "-v", "gguf", "-v", "llamacpp:q8_0", "-v", "llamacpp:q4_k_m",
+        "-v", "rtn:int4", "--target", "llama.cpp", "--target", "cpu", "--out", str(out),
+        timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_gguf_variants_can_share_one_repo_a_file_per_type(hub, gguf_run: Path) -> None:  # type: ignore[no-untyped-def]
+    from huggingface_hub import HfApi, ModelCard, hf_hub_download
+
+    done = _push(gguf_run, "--namespace", "qf-org", "--gguf-repo", "{base}-GGUF")
+    assert done.returncode == 0, done.stderr
+    base = Path(
+        json.loads(quantforge("results", str(gguf_run), "--json").stdout)["run"]["base_model"]
+    ).name
+    repo_id = f"qf-org/{base}-GGUF"
+    api = HfApi(token=WRITE_TOKEN)
+    assert len(api.list_repo_commits(repo_id)) == 2  # every GGUF file in one commit
+    expected = {"gguf": "F16", "llamacpp-q8_0": "Q8_0", "llamacpp-q4_k_m": "Q4_K_M"}
+    for name, label in expected.items():
+        local = next(_variant_folder(gguf_run, name).glob("*.gguf"))
+        got = hf_hub_download(repo_id, f"{base}-{label}.gguf", token=WRITE_TOKEN)
+        assert Path(got).read_bytes() == local.read_bytes()
+        assert f"quantforge/{name}.json" in api.list_repo_files(repo_id)
+    card = ModelCard.load(hf_hub_download(repo_id, "README.md", token=WRITE_TOKEN))
+    card.validate()
+    assert card.data.library_name == "gguf"
+    assert f"llama-cli -hf {repo_id}:Q4_K_M" in card.text
+    assert f"| `{base}-Q8_0.gguf` | Q8_0 |" in card.text
+    # the non-GGUF variant still gets a repo of its own, and its card links to the GGUF repo
+    rtn = f"qf-org/{base}-rtn-4bit"
+    assert "model.safetensors" in api.list_repo_files(rtn)
+    rtn_card = Path(hf_hub_download(rtn, "README.md", token=WRITE_TOKEN)).read_text()
+    assert f"[llamacpp-q4_k_m](https://huggingface.co/{repo_id})" in rtn_card
+    again = _push(gguf_run, "--namespace", "qf-org", "--gguf-repo", "{base}-GGUF")
+    assert again.returncode == 0 and "2 unchanged" in again.stdout, again.stdout + again.stderr

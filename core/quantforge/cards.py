@@ -553,6 +553,70 @@ def family_card(facts: RunFacts, options: CardOptions, title: str) -> Any:
     )
 
 
+def gguf_label(variant: Variant) -> str:
+    """``Q4_K_M`` for a llama.cpp quantization, ``F16`` (the outtype) for a plain export."""
+    qtype = (variant.precision or {}).get("type")
+    if qtype:
+        return str(qtype)
+    for step in variant.steps:
+        if step.get("output_format") == "gguf":
+            return str((step.get("options") or {}).get("outtype", "f16")).upper()
+    return variant.name
+
+
+def gguf_card(
+    facts: RunFacts, names: Sequence[str], files: Mapping[str, str], options: CardOptions, repo: str
+) -> Any:
+    """The card of a repo that holds several GGUF variants (``files``: variant -> file name)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    variants = [facts.variant(n) for n in names]
+    metrics = ("size_mb", "decode_tps", "perplexity", "kl_divergence", "top1_agreement")
+    rows = []
+    for v in variants:
+        target = facts.measuring_target(v.name) or "-"
+        rows.append(
+            {
+                "file": files[v.name],
+                "type": gguf_label(v),
+                "bits": v.bits_label,
+                "target": target,
+                "cells": [_cell(facts, v.name, target, m) for m in metrics],
+            }
+        )
+    metadata: dict[str, Any] = {
+        "library_name": "gguf",
+        "pipeline_tag": "text-generation",
+        "tags": ["quantforge", "gguf", *[gguf_label(v).lower() for v in variants]],
+        **license_metadata(options.license or base_license(facts, options.base_model)),
+    }
+    if options.base_model:
+        check_repo_id(options.base_model, "the base model")
+        metadata["base_model"] = options.base_model
+        metadata["base_model_relation"] = "quantized"
+    if options.quantized_by:
+        metadata["quantized_by"] = options.quantized_by
+    config = facts.config
+    command = " ".join(
+        ["quantforge quantize", str(config.get("model"))]
+        + [f"-v {v.spec_text()}" for v in variants]
+        + ["--target llama.cpp"]
+    )
+    return ModelCard.from_template(
+        ModelCardData(**metadata),
+        template_path=str(TEMPLATES / "gguf.md.j2"),
+        title=repo,
+        base_ref=options.base_model or str(facts.run["base_model"]),
+        base_linked=bool(options.base_model),
+        rows=rows,
+        columns=[COLUMNS[m][0] for m in metrics],
+        plot=options.plot,
+        repo=repo,
+        run_id=facts.run["run_id"],
+        command=command,
+    )
+
+
 def fit_lines_for(facts: RunFacts, variant: str, target: str) -> str:
     fits = facts.value(variant, target, "fits")
     if fits is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from quantforge.artifacts import MANIFEST
+from quantforge.artifacts import MANIFEST, PRECISION_FILE
 from quantforge.cards import (
     DEFAULT_REPO_SCHEME,
     PLOT_FILE,
@@ -25,6 +25,8 @@ from quantforge.cards import (
     RunFacts,
     check_repo_id,
     family_card,
+    gguf_card,
+    gguf_label,
     pareto_plot,
     repo_ids,
     variant_card,
@@ -48,6 +50,7 @@ class RepoPlan:
     repo_id: str
     files: dict[str, Path]  # path in repo -> local file
     revision: str = "main"  # the branch it goes to (one branch per variant in the branch layout)
+    manifest: str = MANIFEST  # the file that says whose variant the repo holds
     exists: bool = False  # the repo (and branch) exists already
     action: str = "create"  # create | update | unchanged
     changed: list[str] = field(default_factory=list)
@@ -160,15 +163,14 @@ def _changed(local: dict[str, Path], remote: dict[str, dict[str, Any]]) -> list[
     return changed
 
 
-def _belongs_to_run(api: Any, repo_id: str, facts: RunFacts, revision: str) -> bool:
+def _belongs_to_run(api: Any, plan: RepoPlan, facts: RunFacts) -> bool:
     """Whether the branch's manifest says it holds a quantforge variant of this run's base."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        manifest = json.loads(
-            Path(hf_hub_download(repo_id, MANIFEST, revision=revision)).read_text()
-        )
+        path = hf_hub_download(plan.repo_id, plan.manifest, revision=plan.revision)
+        manifest = json.loads(Path(path).read_text())
     except (EntryNotFoundError, ValueError):
         return False
     return bool((manifest.get("base") or {}).get("content_hash") == facts.run["base_hash"])
@@ -189,12 +191,15 @@ def plan_push(
     variants: Sequence[str] | None,
     overwrite: bool,
     layout: str = "repos",
+    gguf_repo: str | None = None,
 ) -> list[RepoPlan]:
     """Cards and plots into ``staging``, and what each repo would get. Writes nothing remote.
 
-    ``repos``: one repo per variant, named by ``scheme``. ``branches``: one repo (``scheme``
-    may use ``{base}`` only; default ``{base}-quantized``) with a branch per variant and the
-    family card on ``main``.
+    ``repos``: one repo per variant, named by ``scheme``; with ``gguf_repo`` (a name that
+    may use ``{base}``) the GGUF variants share that one repo instead, a file per type, as
+    the community publishes them. ``branches``: one repo (``scheme`` may use ``{base}``
+    only; default ``{base}-quantized``) with a branch per variant and the family card on
+    ``main``.
     """
     names = list(variants) if variants else [v.name for v in facts.variants if v.name != "base"]
     for name in names:
@@ -218,6 +223,19 @@ def plan_push(
     else:
         ids = repo_ids(facts, namespace, scheme or DEFAULT_REPO_SCHEME)
         revisions = {}
+    shared = [n for n in names if gguf_repo and facts.variant(n).family == "gguf"]
+    if gguf_repo and layout == "branches":
+        raise UsageError("--gguf-repo goes with --layout repos", hint="leave out one of them")
+    if shared:
+        base = Path(str(facts.config.get("model") or facts.run["base_model"])).name
+        try:
+            gguf_id = f"{namespace}/{str(gguf_repo).format(base=base)}"
+        except (KeyError, IndexError) as exc:
+            raise UsageError(
+                f"--gguf-repo may use {{base}} only, not {exc}", hint="e.g. {base}-GGUF"
+            ) from None
+        check_repo_id(gguf_id, "the GGUF repo")
+        ids.update({n: gguf_id for n in shared})
     card_options = CardOptions(
         base_model=options.base_model,
         repo_ids=ids,
@@ -227,7 +245,7 @@ def plan_push(
         plot=PLOT_FILE,
     )
     plans = []
-    for name in names:
+    for name in [n for n in names if n not in shared]:
         variant = facts.variant(name)
         files = _variant_files(variant.path) if variant.path else {}
         if not files:
@@ -242,6 +260,8 @@ def plan_push(
         if plot:
             files[PLOT_FILE] = plot
         plans.append(RepoPlan(name, ids[name], files, revision=revisions.get(name, "main")))
+    if shared:
+        plans.append(_gguf_plan(facts, shared, ids[shared[0]], staging, card_options))
     if layout == "branches":
         folder = staging / "_family"
         folder.mkdir()
@@ -259,6 +279,43 @@ def plan_push(
     return plans
 
 
+def _gguf_plan(
+    facts: RunFacts, names: list[str], repo_id: str, staging: Path, options: CardOptions
+) -> RepoPlan:
+    """One repo for several GGUF variants: ``{base}-{TYPE}.gguf`` each, their manifests under
+    ``quantforge/``, one card with a row per file."""
+    base = Path(str(facts.config.get("model") or facts.run["base_model"])).name
+    files: dict[str, Path] = {}
+    file_names: dict[str, str] = {}
+    for name in names:
+        variant = facts.variant(name)
+        local = _variant_files(variant.path) if variant.path else {}
+        ggufs = [p for p in local if p.endswith(".gguf")]
+        if len(ggufs) != 1:
+            raise UsageError(f"variant folder of {name!r} holds {len(ggufs)} .gguf files, not one")
+        file = f"{base}-{gguf_label(variant)}.gguf"
+        if file in files:  # two variants of one type (e.g. with and without imatrix)
+            file = f"{base}-{name}.gguf"
+        file_names[name] = file
+        files[file] = local[ggufs[0]]
+        files[f"quantforge/{name}.json"] = local[MANIFEST]
+        if PRECISION_FILE in local:
+            files[f"quantforge/{name}-precision.json"] = local[PRECISION_FILE]
+        if "config.json" in local:
+            files.setdefault("config.json", local["config.json"])
+    folder = staging / "_gguf"
+    folder.mkdir()
+    plot = pareto_plot(facts, folder / PLOT_FILE)
+    card_options = options if plot else replace(options, plot=None)
+    gguf_card(facts, names, file_names, card_options, repo_id).save(folder / CARD_FILE)
+    files[CARD_FILE] = folder / CARD_FILE
+    if plot:
+        files[PLOT_FILE] = plot
+    return RepoPlan(
+        f"gguf ({', '.join(names)})", repo_id, files, manifest=f"quantforge/{names[0]}.json"
+    )
+
+
 def _compare_with_remote(api: Any, plan: RepoPlan, facts: RunFacts, overwrite: bool) -> None:
     """Set what the push would do to this branch; refuse content that is not ours."""
     remote = remote_state(api, plan.repo_id, plan.revision)
@@ -274,7 +331,7 @@ def _compare_with_remote(api: Any, plan: RepoPlan, facts: RunFacts, overwrite: b
         foreign = [p for p in remote if p not in (CARD_FILE, PLOT_FILE, ".gitattributes")]
     else:
         content = [p for p in remote if p != ".gitattributes"]
-        ours = not content or _belongs_to_run(api, plan.repo_id, facts, plan.revision)
+        ours = not content or _belongs_to_run(api, plan, facts)
         foreign = [] if ours else content
     if foreign and not overwrite:
         where = plan.repo_id + ("" if plan.revision == "main" else f" (branch {plan.revision})")

@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default {base}-{method}-{bits}; with --layout branches {base}-quantized)",
     )
     p.add_argument(
+        "--gguf-repo",
+        metavar="NAME",
+        help="put every GGUF variant in this one repo, a file per type (e.g. {base}-GGUF)",
+    )
+    p.add_argument(
         "--variant", action="append", metavar="NAME", help="only this variant (repeatable)"
     )
     p.add_argument("--private", action="store_true", help="create private repos")

@@ -48,6 +48,7 @@ def push_command(args: argparse.Namespace) -> int:
                 variants=args.variant,
                 overwrite=args.overwrite,
                 layout=args.layout,
+                gguf_repo=args.gguf_repo,
             )
             for plan in plans:
                 verb = {"create": "create", "update": "update", "unchanged": "keep"}[plan.action]
