@@ -294,3 +294,22 @@ def test_gguf_variants_can_share_one_repo_a_file_per_type(hub, gguf_run: Path) -
     assert f"[llamacpp-q4_k_m](https://huggingface.co/{repo_id})" in rtn_card
     again = _push(gguf_run, "--namespace", "qf-org", "--gguf-repo", "{base}-GGUF")
     assert again.returncode == 0 and "2 unchanged" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_variant_folder_with_missing_files_is_refused_before_any_write(  # type: ignore[no-untyped-def]
+    hub, run: Path, tmp_path: Path
+) -> None:
+    import shutil
+    import sqlite3
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    broken = tmp_path / "broken-variant"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    with sqlite3.connect(copy / "results.sqlite") as db:
+        db.execute("UPDATE variants SET path=? WHERE name='rtn-int8'", (str(broken),))
+    repos = set(hub.state.repos)
+    out = _push(copy, "--namespace", "alice", "--repo-name", "broken-{variant}")
+    fails_with(out, f"variant folder {broken} is missing files", "quantforge quantize")
+    assert set(hub.state.repos) == repos
