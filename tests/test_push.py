@@ -313,3 +313,17 @@ def test_a_variant_folder_with_missing_files_is_refused_before_any_write(  # typ
     out = _push(copy, "--namespace", "alice", "--repo-name", "broken-{variant}")
     fails_with(out, f"variant folder {broken} is missing files", "quantforge quantize")
     assert set(hub.state.repos) == repos
+
+
+def test_an_unreachable_hub_is_one_line_and_names_the_rerun(run: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = quantforge(
+        "push", str(run), "--namespace", "alice",
+        env={"HF_TOKEN": WRITE_TOKEN, "HF_ENDPOINT": f"http://127.0.0.1:{port}"},
+    )  # fmt: skip
+    fails_with(out, f"http://127.0.0.1:{port} could not be reached", "rerun the same command")
+    assert WRITE_TOKEN not in out.stderr

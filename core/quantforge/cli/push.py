@@ -83,13 +83,29 @@ def push_command(args: argparse.Namespace) -> int:
             hint="fix the cause and rerun the same command: finished repos are kept, "
             "files already uploaded are not sent again",
         ) from None
-    except OSError as exc:  # network drops surface as OSError subclasses (httpx, ssl, socket)
+    except _network_errors() as exc:
+        from huggingface_hub import constants
+
         raise PublishError(
-            f"the push stopped: {type(exc).__name__}: {exc}",
-            hint="rerun the same command to finish; nothing is uploaded twice",
+            f"the push stopped: {constants.ENDPOINT} could not be reached "
+            f"({type(exc).__name__}: {exc})",
+            hint="rerun the same command when the network is back; nothing is uploaded twice",
         ) from None
     print(
         f"Pushed {len(done['committed'])} repos ({len(done['created'])} new), "
         f"{len(done['unchanged'])} unchanged."
     )
     return 0
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Connection failures: OSError, and the transport errors of the HTTP client
+    huggingface_hub uses (``httpx2`` here, ``httpx`` in other releases)."""
+    import contextlib
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx"):
+        with contextlib.suppress(ImportError, AttributeError):
+            errors.append(importlib.import_module(module).TransportError)
+    return tuple(errors)
