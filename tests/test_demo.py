@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import quantforge
+from conftest import WRITE_TOKEN, quantforge
 
 
-def test_demo_measures_every_variant(tmp_path: Path) -> None:
+def test_demo_measures_every_variant(tmp_path: Path, hub) -> None:  # type: ignore[no-untyped-def]
     out = quantforge("demo", "--out", str(tmp_path / "demo"), "--json", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
@@ -49,3 +49,23 @@ def test_demo_measures_every_variant(tmp_path: Path) -> None:
         and "bnb-nf4" in table_out.stdout
         and "KL vs base" in table_out.stdout
     )
+    # ... and goes to the Hub: a repo and a commit per variant, the base beside them in a collection
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi(token=WRITE_TOKEN)
+    api.create_repo("qf-org/demo-base", exist_ok=True)
+    pushed = quantforge(
+        "push", str(tmp_path / "demo"), "--namespace", "qf-org", "--base-model", "qf-org/demo-base",
+        "--collection", "demo family", "--repo-name", "demo-{variant}", env={"HF_TOKEN": WRITE_TOKEN},
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    for name in ("rtn-int4", "bnb-nf4", "bnb-int8"):
+        repo_id = f"qf-org/demo-{name}"
+        assert len(api.list_repo_commits(repo_id)) == 2
+        local = (tmp_path / "demo" / "variants" / name).resolve() / "model.safetensors"
+        got = hf_hub_download(repo_id, "model.safetensors", token=WRITE_TOKEN)
+        assert Path(got).read_bytes() == local.read_bytes()
+    (collection,) = [c for c in hub.state.collections.values() if c["title"] == "demo family"]
+    assert [i["id"] for i in collection["items"]] == [
+        "qf-org/demo-base", "qf-org/demo-rtn-int4", "qf-org/demo-bnb-nf4", "qf-org/demo-bnb-int8",
+    ]  # fmt: skip

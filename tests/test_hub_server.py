@@ -81,6 +81,11 @@ def test_tokens_and_namespaces_are_enforced(hub) -> None:  # type: ignore[no-unt
         HfApi(token="hf_wrong").whoami()
     with pytest.raises(RepositoryNotFoundError):
         HfApi(token=WRITE_TOKEN).model_info("qf-org/never-created")
+    api = HfApi(token=WRITE_TOKEN)
+    api.create_repo("alice/short-lived")
+    assert api.repo_exists("alice/short-lived")
+    api.delete_repo("alice/short-lived")
+    assert not api.repo_exists("alice/short-lived")
 
 
 def test_generated_cards_pass_card_validation(hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
