@@ -86,7 +86,7 @@ def test_push_creates_one_repo_and_commit_per_variant_and_files_match(  # type: 
         card.validate()
         assert card.data.base_model == base_on_hub and card.data.base_model_relation == "quantized"
         assert WRITE_TOKEN not in card.text
-    collection = next(iter(hub.state.collections.values()))
+    (collection,) = [c for c in hub.state.collections.values() if c["title"] == "tiny family"]
     assert [i["id"] for i in collection["items"]] == [base_on_hub, *[ids[v] for v in VARIANTS]]
     assert not any(WRITE_TOKEN in p.read_text(errors="ignore") for p in run.rglob("*.log"))
 
@@ -103,6 +103,7 @@ def test_a_second_push_uploads_nothing_and_creates_nothing(  # type: ignore[no-u
     api = HfApi(token=WRITE_TOKEN)
     ids = _repo_ids(run, "qf-org")
     commits = {r: len(api.list_repo_commits(r)) for r in ids.values()}
+    collections = len(hub.state.collections)
     writes = [r for r in hub.state.requests if r[0] in ("POST", "PUT")]
     again = _push(
         run, "--namespace", "qf-org", "--base-model", base_on_hub, "--collection", "tiny family"
@@ -112,7 +113,7 @@ def test_a_second_push_uploads_nothing_and_creates_nothing(  # type: ignore[no-u
     assert "3 unchanged" in again.stdout
     new_writes = [r for r in hub.state.requests if r[0] in ("POST", "PUT")][len(writes) :]
     assert not [w for w in new_writes if "/commit/" in w[1] or w[1].startswith("/lfs-upload/")]
-    assert len(hub.state.collections) == 1
+    assert len(hub.state.collections) == collections  # the same collection, not a second
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(hub, run: Path) -> None:  # type: ignore[no-untyped-def]

@@ -238,10 +238,11 @@ def mixed_precision(variant: Variant) -> dict[str, Any] | None:
     modules = (variant.precision or {}).get("modules") or {}
     widths: dict[str, list[str]] = {}
     for name, bits in modules.items():
-        widths.setdefault(str(bits), []).append(name)
+        label = f"{bits:g} bits" if isinstance(bits, int | float) else str(bits)
+        widths.setdefault(label, []).append(name)
     if len(widths) < 2:
         return None
-    return {bits: sorted(names) for bits, names in sorted(widths.items())}
+    return {label: sorted(names) for label, names in sorted(widths.items())}
 
 
 def nominal_bits(variant: Variant) -> int | None:
@@ -480,7 +481,12 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
             facts.value(name, t, "fits") is not None for t in facts.targets("estimated")
         ),
         plot=options.plot,
-        usage=usage(variant, model_id, options.revisions.get(name)),
+        # without a Hub id the snippet shows where the user's namespace goes
+        usage=usage(
+            variant,
+            options.repo_ids.get(name) or f"<namespace>/{name}",
+            options.revisions.get(name),
+        ),
         provenance=provenance(facts, name),
         command=reproduce_command(facts, variant),
         siblings=[
