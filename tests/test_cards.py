@@ -131,7 +131,7 @@ def test_bad_card_requests_write_nothing(run: Path, tmp_path: Path) -> None:
         "unknown variant 'rtn-int5'",
         "rtn-int4",
     )
-    fails_with(quantforge("cards", str(tmp_path / "nowhere")), "holds no results store")
+    fails_with(quantforge("cards", str(tmp_path / "nowhere")), "no results store in")
     assert not out.exists()
     assert not list(tmp_path.glob(".cards-*"))
 

@@ -33,7 +33,10 @@ CARD_METRICS = (
     "kl_divergence",
     "top1_agreement",
 )
-ESTIMATE_METRICS = ("fits", "needed_mb", "est_decode_tps")
+# the columns of the family and GGUF cards
+SUMMARY_METRICS = ("size_mb", "decode_tps", "perplexity", "kl_divergence", "top1_agreement")
+CARD_FILE = "README.md"
+CARD_LIBRARIES = ("huggingface_hub", "jinja2", "matplotlib")
 LIBRARY = {"hf": "transformers", "gguf": "gguf", "onnx": "onnx", "openvino": "openvino"}
 # model-index entries: metric -> (type, name)
 INDEXED = {
@@ -115,6 +118,11 @@ class RunFacts:
         finally:
             store.close()
         return cls(run, json.loads(run["config"]), variants, rows)
+
+    @property
+    def base_name(self) -> str:
+        """The base model's folder or repo name (``tiny-llama``), for repo names and titles."""
+        return Path(str(self.config.get("model") or self.run["base_model"])).name
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:
@@ -356,7 +364,7 @@ def repo_ids(facts: RunFacts, namespace: str, scheme: str = DEFAULT_REPO_SCHEME)
     (``4bit``), ``{preset}`` and ``{variant}``. Two variants the scheme would name alike
     (the same method and bits, other options) fall back to ``{base}-{variant}``.
     """
-    base = Path(str(facts.config.get("model") or facts.run["base_model"])).name
+    base = facts.base_name
     names: dict[str, str] = {}
     for v in facts.variants:
         if v.name == "base":
@@ -424,15 +432,28 @@ def license_metadata(license_: str | None) -> dict[str, str]:
     return {"license": "other", "license_name": "same-as-base-model"}
 
 
+def hub_metadata(facts: RunFacts, options: CardOptions, *, quantized: bool) -> dict[str, Any]:
+    """License, base model (and its relation), and attribution, shared by every card."""
+    metadata: dict[str, Any] = {
+        "pipeline_tag": "text-generation",
+        **license_metadata(options.license or base_license(facts, options.base_model)),
+    }
+    if options.base_model:
+        check_repo_id(options.base_model, "the base model")
+        metadata["base_model"] = options.base_model
+        if quantized:
+            metadata["base_model_relation"] = "quantized"
+    if options.quantized_by:
+        metadata["quantized_by"] = options.quantized_by
+    return metadata
+
+
 def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
     """The ``ModelCard`` of one variant."""
     from huggingface_hub import ModelCard, ModelCardData
 
     variant = facts.variant(name)
     base_id = options.base_model
-    if base_id:
-        check_repo_id(base_id, "the base model")
-    license_ = options.license or base_license(facts, options.base_model)
     tags = ["quantforge", variant.family]
     if variant.spec.get("method"):
         tags.append(str(variant.spec["method"]))
@@ -443,16 +464,9 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
         tags.append(str(variant.spec["preset"]))
     metadata: dict[str, Any] = {
         "library_name": LIBRARY.get(variant.family, variant.family),
-        "pipeline_tag": "text-generation",
         "tags": sorted(set(tags), key=tags.index),
-        **license_metadata(license_),
+        **hub_metadata(facts, options, quantized=name != "base"),
     }
-    if base_id:
-        metadata["base_model"] = base_id
-        metadata["base_model_relation"] = "quantized" if name != "base" else None
-        metadata = {k: v for k, v in metadata.items() if v is not None}
-    if options.quantized_by:
-        metadata["quantized_by"] = options.quantized_by
     results = eval_results(facts, name, dataset="quantforge-eval-text")
     model_id = options.repo_ids.get(name) or name
     data = ModelCardData(model_name=model_id, eval_results=results or None, **metadata)
@@ -504,16 +518,10 @@ def family_card(facts: RunFacts, options: CardOptions, title: str) -> Any:
     """The overview card that lists every variant of the run."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    metadata: dict[str, Any] = {
-        "pipeline_tag": "text-generation",
+    metadata = {
         "tags": ["quantforge", "quantized"],
-        **license_metadata(options.license or base_license(facts, options.base_model)),
+        **hub_metadata(facts, options, quantized=False),
     }
-    if options.base_model:
-        check_repo_id(options.base_model, "the base model")
-        metadata["base_model"] = options.base_model
-    if options.quantized_by:
-        metadata["quantized_by"] = options.quantized_by
     rows = []
     for v in facts.variants:
         target = facts.measuring_target(v.name) or "-"
@@ -525,16 +533,7 @@ def family_card(facts: RunFacts, options: CardOptions, title: str) -> Any:
                 "format": v.format,
                 "bits": v.bits_label,
                 "target": target,
-                "cells": [
-                    _cell(facts, v.name, target, m)
-                    for m in (
-                        "size_mb",
-                        "decode_tps",
-                        "perplexity",
-                        "kl_divergence",
-                        "top1_agreement",
-                    )
-                ],
+                "cells": [_cell(facts, v.name, target, m) for m in SUMMARY_METRICS],
             }
         )
     return ModelCard.from_template(
@@ -543,10 +542,7 @@ def family_card(facts: RunFacts, options: CardOptions, title: str) -> Any:
         title=title,
         base_ref=options.base_model or str(facts.run["base_model"]),
         rows=rows,
-        columns=[
-            COLUMNS[m][0]
-            for m in ("size_mb", "decode_tps", "perplexity", "kl_divergence", "top1_agreement")
-        ],
+        columns=[COLUMNS[m][0] for m in SUMMARY_METRICS],
         estimates=[
             {
                 "target": t,
@@ -577,7 +573,6 @@ def gguf_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     variants = [facts.variant(n) for n in names]
-    metrics = ("size_mb", "decode_tps", "perplexity", "kl_divergence", "top1_agreement")
     rows = []
     for v in variants:
         target = facts.measuring_target(v.name) or "-"
@@ -587,21 +582,14 @@ def gguf_card(
                 "type": gguf_label(v),
                 "bits": v.bits_label,
                 "target": target,
-                "cells": [_cell(facts, v.name, target, m) for m in metrics],
+                "cells": [_cell(facts, v.name, target, m) for m in SUMMARY_METRICS],
             }
         )
-    metadata: dict[str, Any] = {
+    metadata = {
         "library_name": "gguf",
-        "pipeline_tag": "text-generation",
         "tags": ["quantforge", "gguf", *[gguf_label(v).lower() for v in variants]],
-        **license_metadata(options.license or base_license(facts, options.base_model)),
+        **hub_metadata(facts, options, quantized=True),
     }
-    if options.base_model:
-        check_repo_id(options.base_model, "the base model")
-        metadata["base_model"] = options.base_model
-        metadata["base_model_relation"] = "quantized"
-    if options.quantized_by:
-        metadata["quantized_by"] = options.quantized_by
     config = facts.config
     command = " ".join(
         ["quantforge quantize", str(config.get("model"))]
@@ -615,7 +603,7 @@ def gguf_card(
         base_ref=options.base_model or str(facts.run["base_model"]),
         base_linked=bool(options.base_model),
         rows=rows,
-        columns=[COLUMNS[m][0] for m in metrics],
+        columns=[COLUMNS[m][0] for m in SUMMARY_METRICS],
         plot=options.plot,
         repo=repo,
         run_id=facts.run["run_id"],
@@ -685,7 +673,7 @@ def pareto_plot(facts: RunFacts, path: Path, highlight: str | None = None) -> Pa
     ax.set_yscale("log")
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel("KL divergence vs base (lower is better)")
-    ax.set_title(f"{Path(str(facts.run['base_model'])).name}: size vs quality (measured)")
+    ax.set_title(f"{facts.base_name}: size vs quality (measured)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -693,33 +681,49 @@ def pareto_plot(facts: RunFacts, path: Path, highlight: str | None = None) -> Pa
     return path
 
 
+def write_variant_card(
+    facts: RunFacts, name: str, folder: Path, options: CardOptions
+) -> dict[str, Path]:
+    """``README.md`` (and the plot, when ``options.plot``) of one variant into ``folder``;
+    returns them by their path in the repo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plot = pareto_plot(facts, folder / PLOT_FILE, highlight=name) if options.plot else None
+    variant_card(facts, name, _with_plot(options, plot)).save(folder / CARD_FILE)
+    return {CARD_FILE: folder / CARD_FILE, **({PLOT_FILE: plot} if plot else {})}
+
+
+def write_family_card(facts: RunFacts, folder: Path, options: CardOptions) -> dict[str, Path]:
+    """The family card (and the plot) into ``folder``; returns them by their path in the repo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plot = pareto_plot(facts, folder / PLOT_FILE) if options.plot else None
+    title = f"{options.base_model or facts.base_name}: quantized variants"
+    family_card(facts, _with_plot(options, plot), title).save(folder / CARD_FILE)
+    return {CARD_FILE: folder / CARD_FILE, **({PLOT_FILE: plot} if plot else {})}
+
+
 def write_cards(
-    run_dir: Path, out: Path, options: CardOptions, variants: Sequence[str] | None = None
+    facts: RunFacts, out: Path, options: CardOptions, variants: Sequence[str] | None = None
 ) -> list[Path]:
     """Write ``out/<variant>/README.md`` (+ the plot) per variant and ``out/README.md``."""
-    facts = RunFacts.load(run_dir)
     names = list(variants) if variants else [v.name for v in facts.variants]
     for name in names:
         facts.variant(name)  # unknown names fail before anything is written
-    written = []
-    for name in names:
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        plot = pareto_plot(facts, folder / PLOT_FILE, highlight=name) if options.plot else None
-        card = variant_card(facts, name, _with_plot(options, plot))
-        card.save(folder / "README.md")
-        written.append(folder / "README.md")
-    out.mkdir(parents=True, exist_ok=True)
-    plot = pareto_plot(facts, out / PLOT_FILE) if options.plot else None
-    title = options.base_model or Path(str(facts.run["base_model"])).name
-    family_card(facts, _with_plot(options, plot), f"{title}: quantized variants").save(
-        out / "README.md"
-    )
-    written.append(out / "README.md")
-    return written
+    written = [write_variant_card(facts, n, out / n, options)[CARD_FILE] for n in names]
+    return [*written, write_family_card(facts, out, options)[CARD_FILE]]
 
 
 def _with_plot(options: CardOptions, plot: Path | None) -> CardOptions:
     from dataclasses import replace
 
     return replace(options, plot=plot.name if plot else None)
+
+
+def check_card_libraries(owner: str) -> None:
+    """Refuse, naming the extra, when a library cards need is not installed."""
+    import importlib.util
+
+    from quantforge.errors import MissingDependencyError
+
+    missing = [m for m in CARD_LIBRARIES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependencyError(owner, missing, "cards")

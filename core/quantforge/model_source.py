@@ -32,7 +32,9 @@ class BaseModel:
         return f"{self.ref}@{self.revision}" if self.revision else f"sha256:{self.content_hash}"
 
 
-def _hash_file(path: Path, memo: dict[str, list[object]]) -> str:
+def file_sha256(path: Path, memo: dict[str, list[object]] | None = None) -> str:
+    """sha256 of a file's content; ``memo`` remembers digests by path, size and mtime."""
+    memo = {} if memo is None else memo
     stat = path.stat()
     key = str(path.resolve())
     hit = memo.get(key)
@@ -60,7 +62,7 @@ def content_hash(folder: Path, cache_dir: Path | None = None) -> str:
         if file.name.startswith(".") or "/." in str(file.relative_to(folder)):
             continue
         digest.update(str(file.relative_to(folder)).encode())
-        digest.update(_hash_file(file, memo).encode())
+        digest.update(file_sha256(file, memo).encode())
     if memo_path:
         memo_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")

@@ -19,21 +19,21 @@ from typing import Any
 
 from quantforge.artifacts import MANIFEST, PRECISION_FILE
 from quantforge.cards import (
+    CARD_FILE,
     DEFAULT_REPO_SCHEME,
     PLOT_FILE,
     CardOptions,
     RunFacts,
     check_repo_id,
-    family_card,
     gguf_card,
     gguf_label,
     pareto_plot,
     repo_ids,
-    variant_card,
+    write_family_card,
+    write_variant_card,
 )
 from quantforge.errors import QuantforgeError, UsageError
-
-CARD_FILE = "README.md"
+from quantforge.model_source import file_sha256
 
 
 class PublishError(QuantforgeError):
@@ -55,6 +55,11 @@ class RepoPlan:
     action: str = "create"  # create | update | unchanged
     changed: list[str] = field(default_factory=list)
 
+    @property
+    def where(self) -> str:
+        """``org/repo``, or ``org/repo@branch`` for a variant branch."""
+        return self.repo_id + ("" if self.revision == "main" else f"@{self.revision}")
+
     def size(self) -> int:
         return sum(p.stat().st_size for p in self.files.values())
 
@@ -62,14 +67,6 @@ class RepoPlan:
 def git_blob_oid(path: Path) -> str:
     data = path.read_bytes()
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _variant_files(folder: Path) -> dict[str, Path]:
@@ -155,7 +152,7 @@ def _changed(local: dict[str, Path], remote: dict[str, dict[str, Any]]) -> list[
         if entry is None:
             changed.append(path)
         elif entry["lfs"]:
-            if entry["lfs"] != sha256_of(file):
+            if entry["lfs"] != file_sha256(file):
                 changed.append(path)
         elif entry["oid"] != git_blob_oid(file):
             changed.append(path)
@@ -176,7 +173,6 @@ def _belongs_to_run(api: Any, plan: RepoPlan, facts: RunFacts) -> bool:
     return bool((manifest.get("base") or {}).get("content_hash") == facts.run["base_hash"])
 
 
-LAYOUTS = ("repos", "branches")
 FAMILY_REPO_SCHEME = "{base}-quantized"
 
 
@@ -209,15 +205,9 @@ def plan_push(
                 "the base model is not republished", hint="push the quantized variants"
             )
     if layout == "branches":
-        base = Path(str(facts.config.get("model") or facts.run["base_model"])).name
-        try:
-            repo = f"{namespace}/{(scheme or FAMILY_REPO_SCHEME).format(base=base)}"
-        except (KeyError, IndexError) as exc:
-            raise UsageError(
-                f"with --layout branches the repo name may use {{base}} only, not {exc}",
-                hint="e.g. --repo-name {base}-quantized",
-            ) from None
-        check_repo_id(repo, "the family repo")
+        repo = _base_only_repo(
+            facts, namespace, scheme or FAMILY_REPO_SCHEME, "with --layout branches the repo name"
+        )
         ids = {v.name: repo for v in facts.variants if v.name != "base"}
         revisions = {name: name for name in ids}
     else:
@@ -227,14 +217,7 @@ def plan_push(
     if gguf_repo and layout == "branches":
         raise UsageError("--gguf-repo goes with --layout repos", hint="leave out one of them")
     if shared:
-        base = Path(str(facts.config.get("model") or facts.run["base_model"])).name
-        try:
-            gguf_id = f"{namespace}/{str(gguf_repo).format(base=base)}"
-        except (KeyError, IndexError) as exc:
-            raise UsageError(
-                f"--gguf-repo may use {{base}} only, not {exc}", hint="e.g. {base}-GGUF"
-            ) from None
-        check_repo_id(gguf_id, "the GGUF repo")
+        gguf_id = _base_only_repo(facts, namespace, str(gguf_repo), "--gguf-repo")
         ids.update({n: gguf_id for n in shared})
     card_options = CardOptions(
         base_model=options.base_model,
@@ -250,29 +233,12 @@ def plan_push(
         files = _variant_files(variant.path) if variant.path else {}
         if not files:
             raise UsageError(f"variant {name!r} has no folder recorded in the results store")
-        folder = staging / name
-        folder.mkdir(parents=True)
-        plot = pareto_plot(facts, folder / PLOT_FILE, highlight=name)
-        variant_card(facts, name, card_options if plot else replace(card_options, plot=None)).save(
-            folder / CARD_FILE
-        )
-        files = {**files, CARD_FILE: folder / CARD_FILE}
-        if plot:
-            files[PLOT_FILE] = plot
+        files = {**files, **write_variant_card(facts, name, staging / name, card_options)}
         plans.append(RepoPlan(name, ids[name], files, revision=revisions.get(name, "main")))
     if shared:
         plans.append(_gguf_plan(facts, shared, ids[shared[0]], staging, card_options))
     if layout == "branches":
-        folder = staging / "_family"
-        folder.mkdir()
-        plot = pareto_plot(facts, folder / PLOT_FILE)
-        title = (
-            f"{options.base_model or Path(str(facts.run['base_model'])).name}: quantized variants"
-        )
-        family_card(facts, card_options if plot else replace(card_options, plot=None), title).save(
-            folder / CARD_FILE
-        )
-        files = {CARD_FILE: folder / CARD_FILE, **({PLOT_FILE: plot} if plot else {})}
+        files = write_family_card(facts, staging / "_family", card_options)
         plans.append(RepoPlan("family card", next(iter(ids.values())), files, revision="main"))
     for plan in plans:
         _compare_with_remote(api, plan, facts, overwrite)
@@ -284,7 +250,7 @@ def _gguf_plan(
 ) -> RepoPlan:
     """One repo for several GGUF variants: ``{base}-{TYPE}.gguf`` each, their manifests under
     ``quantforge/``, one card with a row per file."""
-    base = Path(str(facts.config.get("model") or facts.run["base_model"])).name
+    base = facts.base_name
     files: dict[str, Path] = {}
     file_names: dict[str, str] = {}
     for name in names:
@@ -316,6 +282,18 @@ def _gguf_plan(
     )
 
 
+def _base_only_repo(facts: RunFacts, namespace: str, pattern: str, what: str) -> str:
+    """``namespace/<pattern with {base} filled in>``: a repo name for several variants."""
+    try:
+        repo_id = f"{namespace}/{pattern.format(base=facts.base_name)}"
+    except (KeyError, IndexError) as exc:
+        raise UsageError(
+            f"{what} may use {{base}} only, not {exc}", hint="e.g. {base}-GGUF or {base}-quantized"
+        ) from None
+    check_repo_id(repo_id, "a repo shared by several variants")
+    return repo_id
+
+
 def _compare_with_remote(api: Any, plan: RepoPlan, facts: RunFacts, overwrite: bool) -> None:
     """Set what the push would do to this branch; refuse content that is not ours."""
     remote = remote_state(api, plan.repo_id, plan.revision)
@@ -334,9 +312,8 @@ def _compare_with_remote(api: Any, plan: RepoPlan, facts: RunFacts, overwrite: b
         ours = not content or _belongs_to_run(api, plan, facts)
         foreign = [] if ours else content
     if foreign and not overwrite:
-        where = plan.repo_id + ("" if plan.revision == "main" else f" (branch {plan.revision})")
         raise PublishError(
-            f"{where} already holds other content ({len(foreign)} files, "
+            f"{plan.where} already holds other content ({len(foreign)} files, "
             "not a quantforge variant of this base)",
             hint="pick another --namespace or --repo-name, or pass --overwrite",
         )
@@ -358,10 +335,9 @@ def push(
     done: dict[str, Any] = {"created": [], "committed": [], "unchanged": [], "collection": None}
     ready: set[str] = set()  # repos known to exist
     for plan in plans:
-        where = plan.repo_id + ("" if plan.revision == "main" else f"@{plan.revision}")
         if plan.action == "unchanged":
-            done["unchanged"].append(where)
-            log(f"{where}: unchanged, nothing uploaded")
+            done["unchanged"].append(plan.where)
+            log(f"{plan.where}: unchanged, nothing uploaded")
             continue
         if plan.repo_id not in ready:
             if not api.repo_exists(plan.repo_id):
@@ -393,7 +369,7 @@ def push(
         done["committed"].append(
             {"repo_id": plan.repo_id, "revision": plan.revision, "commit": info.oid}
         )
-        log(f"{where}: {plan.action}d in commit {info.oid[:10]} ({len(plan.files)} files)")
+        log(f"{plan.where}: {plan.action}d in commit {info.oid[:10]} ({len(plan.files)} files)")
     if collection:
         coll = api.create_collection(
             collection, namespace=namespace, private=private, exists_ok=True

@@ -7,30 +7,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from quantforge.errors import UsageError
-
 
 def cards_command(args: argparse.Namespace) -> int:
-    import importlib.util
+    from quantforge.cards import (
+        CardOptions,
+        RunFacts,
+        check_card_libraries,
+        check_repo_id,
+        repo_ids,
+        write_cards,
+    )
 
-    from quantforge.errors import MissingDependencyError
-
-    missing = [
-        m for m in ("huggingface_hub", "jinja2", "matplotlib") if not importlib.util.find_spec(m)
-    ]
-    if missing:
-        raise MissingDependencyError("quantforge cards", missing, "cards")
-    from quantforge.cards import CardOptions, RunFacts, check_repo_id, repo_ids, write_cards
-
+    check_card_libraries("quantforge cards")
     run_dir: Path = args.run_dir
-    if not (run_dir / "results.sqlite").exists():
-        raise UsageError(
-            f"{run_dir} holds no results store", hint="pass a folder made by `quantforge quantize`"
-        )
+    facts = RunFacts.load(run_dir)  # refuses a folder without a results store
     out: Path = args.out or run_dir / "cards"
     if args.base_model:
         check_repo_id(args.base_model, "the base model")
-    ids = repo_ids(RunFacts.load(run_dir), args.namespace, args.repo_name) if args.namespace else {}
+    ids = repo_ids(facts, args.namespace, args.repo_name) if args.namespace else {}
     options = CardOptions(
         base_model=args.base_model,
         repo_ids=ids,
@@ -41,7 +35,7 @@ def cards_command(args: argparse.Namespace) -> int:
     # write into a staging folder first: a failure leaves no half-written cards behind
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cards-", dir=out.parent) as tmp:
-        written = write_cards(run_dir, Path(tmp) / "cards", options, args.variant)
+        written = write_cards(facts, Path(tmp) / "cards", options, args.variant)
         if out.exists():
             shutil.rmtree(out)
         shutil.move(str(Path(tmp) / "cards"), out)

@@ -6,32 +6,21 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from quantforge.errors import MissingDependencyError, UsageError
-
 
 def push_command(args: argparse.Namespace) -> int:
-    import importlib.util
+    from quantforge.cards import CardOptions, RunFacts, check_card_libraries, check_repo_id
 
-    missing = [
-        m for m in ("huggingface_hub", "jinja2", "matplotlib") if not importlib.util.find_spec(m)
-    ]
-    if missing:
-        raise MissingDependencyError("quantforge push", missing, "cards")
+    check_card_libraries("quantforge push")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from quantforge.cards import CardOptions, RunFacts, check_repo_id
     from quantforge.publish import PublishError, plan_push, push, token_and_user
 
     run_dir: Path = args.run_dir
-    if not (run_dir / "results.sqlite").exists():
-        raise UsageError(
-            f"{run_dir} holds no results store", hint="pass a folder made by `quantforge quantize`"
-        )
+    facts = RunFacts.load(run_dir)  # refuses a folder without a results store
     if args.base_model:
         check_repo_id(args.base_model, "the base model")
     check_repo_id(f"{args.namespace}/x", "the namespace")
-    facts = RunFacts.load(run_dir)
     api = HfApi()
     try:
         token_and_user(api, args.namespace)
@@ -52,9 +41,8 @@ def push_command(args: argparse.Namespace) -> int:
             )
             for plan in plans:
                 verb = {"create": "create", "update": "update", "unchanged": "keep"}[plan.action]
-                where = plan.repo_id + ("" if plan.revision == "main" else f"@{plan.revision}")
                 print(
-                    f"{verb} {where}{' (private)' if args.private and not plan.exists else ''}: "
+                    f"{verb} {plan.where}{' (private)' if args.private and not plan.exists else ''}: "
                     f"{len(plan.files)} files, {plan.size() / 1e6:.1f} MB"
                     + (f", {len(plan.changed)} changed" if plan.action == "update" else "")
                 )
