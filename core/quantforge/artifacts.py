@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +82,16 @@ def check_hf_folder(path: Path) -> None:
             raise ModelSourceError(f"{file} is not readable")
 
 
-def copy_tokenizer_files(source: Path, output: Path) -> None:
-    """Carry the tokenizer (and chat template) of ``source`` into ``output``."""
-    for name in TOKENIZER_FILES:
+def copy_files(source: Path, output: Path, names: Iterable[str]) -> None:
+    """Copy each of ``names`` that ``source`` holds into ``output``."""
+    for name in names:
         if (source / name).is_file():
             shutil.copy2(source / name, output / name)
+
+
+def copy_tokenizer_files(source: Path, output: Path) -> None:
+    """Carry the tokenizer (and chat template) of ``source`` into ``output``."""
+    copy_files(source, output, TOKENIZER_FILES)
 
 
 def write_manifest(output: Path, manifest: Mapping[str, Any]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from quantforge import (
     Target,
     hookimpl,
 )
+from quantforge.artifacts import copy_files
 from quantforge.errors import QuantforgeError, UsageError
 from quantforge.options import OptionValue
 
@@ -45,9 +45,7 @@ def gguf_file(folder: Path) -> Path:
 
 def _copy_config(source: Path, output: Path) -> None:
     """Keep the HF config beside the GGUF: fit checks read the model's shape from it."""
-    for name in ("config.json", "generation_config.json"):
-        if (source / name).exists():
-            shutil.copy(source / name, output / name)
+    copy_files(source, output, ("config.json", "generation_config.json"))
 
 
 class GGUFExporter(Exporter):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import ast
 import importlib.util
 import logging
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from quantforge.artifacts import copy_files
 from quantforge.errors import QuantforgeError
 
 MODEL_FILE = "model.onnx"
@@ -187,6 +187,4 @@ def _node_report(model: Any) -> dict[str, Any]:
 
 
 def copy_side_files(source: Path, output: Path) -> None:
-    for name in SIDE_FILES:
-        if (source / name).exists():
-            shutil.copy(source / name, output / name)
+    copy_files(source, output, SIDE_FILES)

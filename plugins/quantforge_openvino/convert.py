@@ -10,10 +10,10 @@ request, as in the models optimum-intel exports, and the IR takes only ``input_i
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
+from quantforge.artifacts import copy_files
 from quantforge.errors import QuantforgeError
 
 MODEL_XML = "openvino_model.xml"
@@ -118,6 +118,4 @@ def convert(source: Path, output: Path, weights: str) -> dict[str, Any]:
 
 
 def copy_side_files(source: Path, output: Path) -> None:
-    for name in SIDE_FILES:
-        if (source / name).exists():
-            shutil.copy(source / name, output / name)
+    copy_files(source, output, SIDE_FILES)
