@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,6 +144,24 @@ def quantize_and_measure(
     for m in data["measurements"]:
         metrics.setdefault((m["variant"], m["target"]), {})[m["metric"]] = m["value"]
     return metrics
+
+
+def assert_missing_names_extra(
+    monkeypatch: pytest.MonkeyPatch, missing: set[str], objects: list[Any], extra: str
+) -> None:
+    """With the modules in ``missing`` hidden, every object's ``check_available`` must raise
+    MissingDependencyError naming ``pip install 'quantforge[extra]'``."""
+    import importlib.util
+
+    from quantforge.errors import MissingDependencyError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a)
+    )
+    for obj in objects:
+        with pytest.raises(MissingDependencyError, match=rf"quantforge\[{extra}\]"):
+            obj.check_available()
 
 
 def with_pythonpath(path: Path) -> dict[str, str]:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import fails_with, quantforge, quantize_and_measure
+from conftest import assert_missing_names_extra, fails_with, quantforge, quantize_and_measure
 from quantforge.testing import TinyModelSpec, build_tiny_model
 from quantforge.testing.tiny_model import calibration_text
 
@@ -117,17 +117,8 @@ def test_widths_a_k_quant_cannot_take_fall_back_and_are_reported(tmp_path: Path)
 
 
 def test_a_missing_llama_cpp_build_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    from quantforge.errors import MissingDependencyError
     from quantforge_llamacpp import GGUFExporter, LlamaCppTarget
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "llama_cpp" else real(name, *a),
+    assert_missing_names_extra(
+        monkeypatch, {"llama_cpp"}, [GGUFExporter(), LlamaCppTarget()], "gguf"
     )
-    for obj in (GGUFExporter(), LlamaCppTarget()):
-        with pytest.raises(MissingDependencyError, match=r"quantforge\[gguf\]"):
-            obj.check_available()

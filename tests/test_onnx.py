@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import fails_with, quantforge, quantize_and_measure
+from conftest import assert_missing_names_extra, fails_with, quantforge, quantize_and_measure
 from quantforge import Artifact
 
 pytestmark = pytest.mark.slow
@@ -122,17 +122,8 @@ def test_an_architecture_the_builder_does_not_know_fails_before_compute(
 
 
 def test_a_missing_onnxruntime_genai_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    from quantforge.errors import MissingDependencyError
     from quantforge_onnx import OnnxExporter, OnnxRuntimeTarget
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "onnxruntime_genai" else real(name, *a),
+    assert_missing_names_extra(
+        monkeypatch, {"onnxruntime_genai"}, [OnnxExporter(), OnnxRuntimeTarget()], "onnx"
     )
-    for obj in (OnnxExporter(), OnnxRuntimeTarget()):
-        with pytest.raises(MissingDependencyError, match=r"quantforge\[onnx\]"):
-            obj.check_available()

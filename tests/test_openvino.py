@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import fails_with, quantforge, quantize_and_measure
+from conftest import assert_missing_names_extra, fails_with, quantforge, quantize_and_measure
 from quantforge import Artifact
 from quantforge.testing.tiny_model import calibration_text
 
@@ -133,17 +133,11 @@ def test_only_data_aware_options_make_nncf_read_calibration_rows() -> None:
 
 
 def test_a_missing_openvino_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    from quantforge.errors import MissingDependencyError
     from quantforge_openvino import NNCFQuantizer, OpenVINOExporter, OpenVINOTarget
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name in ("openvino", "nncf") else real(name, *a),
+    assert_missing_names_extra(
+        monkeypatch,
+        {"openvino", "nncf"},
+        [OpenVINOExporter(), NNCFQuantizer(), OpenVINOTarget()],
+        "openvino",
     )
-    for obj in (OpenVINOExporter(), NNCFQuantizer(), OpenVINOTarget()):
-        with pytest.raises(MissingDependencyError, match=r"quantforge\[openvino\]"):
-            obj.check_available()
