@@ -8,6 +8,7 @@ from quantforge.errors import QuantforgeError
 from quantforge.hookspecs import hookimpl
 from quantforge.interfaces import (
     Artifact,
+    Decoder,
     EvalContext,
     Evaluator,
     Exporter,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Artifact",
+    "Decoder",
     "EvalContext",
     "Evaluator",
     "Exporter",

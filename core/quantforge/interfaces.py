@@ -251,6 +251,39 @@ class GenerationTiming:
         )
 
 
+class Decoder(ABC):
+    """One cached decoding pass of a runtime, driven a token at a time by the caller.
+
+    Greedy measurement (:meth:`Runtime.generate`) and sampled streaming (the Space) both
+    drive it: feed the prompt once, then each chosen token.
+    """
+
+    @abstractmethod
+    def feed(self, tokens: Sequence[int]) -> Any:
+        """Run ``tokens`` through the model after everything fed before (the cache keeps
+        that); return the next-token logits of the last position, a 1-D float32 numpy
+        array ``[vocab]``."""
+
+
+class RecomputingDecoder(Decoder):
+    """The fallback for runtimes with no cache of their own: every call scores the whole
+    sequence again with :meth:`Runtime.logits` (correct, quadratic in length)."""
+
+    def __init__(self, runtime: Runtime, max_length: int) -> None:
+        self.runtime = runtime
+        self.max_length = max_length
+        self.tokens: list[int] = []
+
+    def feed(self, tokens: Sequence[int]) -> Any:
+        import numpy as np
+
+        self.tokens.extend(tokens)
+        if len(self.tokens) > self.max_length:
+            raise UsageError(f"{len(self.tokens)} tokens exceed this decoding's {self.max_length}")
+        logits = self.runtime.logits(self.tokens)
+        return np.asarray(logits[-1], dtype=np.float32)
+
+
 class Runtime(ABC):
     """A loaded variant that a target can run.
 
@@ -263,9 +296,25 @@ class Runtime(ABC):
     def logits(self, input_ids: Sequence[int]) -> Any:
         """Next-token logits for every position: a float32 tensor ``[len(input_ids), vocab]``."""
 
-    @abstractmethod
+    def decoder(self, max_length: int) -> Decoder:
+        """Start a cached decoding of at most ``max_length`` tokens (prompt and new ones).
+
+        Override with the runtime's own KV cache; the default recomputes every step."""
+        return RecomputingDecoder(self, max_length)
+
     def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
-        """Greedy generation with the runtime's KV cache, timed."""
+        """Greedy generation through :meth:`decoder`, timed. A runtime with a faster native
+        greedy loop may override it."""
+        import numpy as np
+
+        ids = list(input_ids)
+        decoding = self.decoder(len(ids) + max_new_tokens)
+        return GenerationTiming.measure(
+            len(ids),
+            max_new_tokens,
+            prefill=lambda: int(np.argmax(decoding.feed(ids))),
+            step=lambda token: int(np.argmax(decoding.feed([token]))),
+        )
 
     def close(self) -> None:  # noqa: B027 - optional to override
         """Free what the runtime holds."""

@@ -18,8 +18,8 @@ from typing import Any
 
 from quantforge import (
     Artifact,
+    Decoder,
     Exporter,
-    GenerationTiming,
     Option,
     OptionSet,
     Quantizer,
@@ -293,23 +293,26 @@ class LlamaCppRuntime(Runtime):
         scores = np.array(self.model.scores[: len(ids)], dtype=np.float32)
         return torch.from_numpy(scores)
 
-    def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
-        import numpy as np
-
-        ids = list(input_ids)
-        self._check(len(ids) + max_new_tokens)
+    def decoder(self, max_length: int) -> Decoder:
+        self._check(max_length)
         self.model.reset()
-
-        def forward(tokens: list[int]) -> int:
-            self.model.eval(tokens)
-            return int(np.argmax(self.model.scores[self.model.n_tokens - 1]))
-
-        return GenerationTiming.measure(
-            len(ids), max_new_tokens, prefill=lambda: forward(ids), step=lambda t: forward([t])
-        )
+        return _LlamaCppDecoder(self.model)
 
     def close(self) -> None:
         self.model.close()
+
+
+class _LlamaCppDecoder(Decoder):
+    """Feeds tokens into the llama.cpp context (its KV cache) after a reset."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def feed(self, tokens: Sequence[int]) -> Any:
+        import numpy as np
+
+        self.model.eval(list(tokens))
+        return np.array(self.model.scores[self.model.n_tokens - 1], dtype=np.float32)
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from typing import Any
 
 from quantforge import (
     Artifact,
+    Decoder,
     Exporter,
     GenerationTiming,
     Option,
@@ -284,8 +285,26 @@ class OnnxGenaiRuntime(Runtime):
             step=lambda _: generator.generate_next_token(),
         )
 
+    def decoder(self, max_length: int) -> Decoder:
+        return _OnnxDecoder(self._generator(max_length))
+
     def close(self) -> None:
         del self.model
+
+
+class _OnnxDecoder(Decoder):
+    """Appends tokens to an onnxruntime-genai generator and reads its logits output (the
+    caller picks each token; the generator's own search is not used)."""
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+
+    def feed(self, tokens: Sequence[int]) -> Any:
+        import numpy as np
+
+        self.generator.append_tokens(list(tokens))
+        logits = np.asarray(self.generator.get_output("logits"), dtype=np.float32)
+        return np.ascontiguousarray(logits[0, -1])
 
 
 @hookimpl

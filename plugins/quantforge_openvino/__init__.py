@@ -17,8 +17,8 @@ from typing import Any
 
 from quantforge import (
     Artifact,
+    Decoder,
     Exporter,
-    GenerationTiming,
     Option,
     OptionSet,
     Quantizer,
@@ -308,23 +308,28 @@ class OpenVINORuntime(Runtime):
         logits = np.array(self._run(ids, len(ids))[0], dtype=np.float32)
         return torch.from_numpy(logits)
 
-    def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
-        ids = list(input_ids)
-        self._check(len(ids) + max_new_tokens)
+    def decoder(self, max_length: int) -> Decoder:
+        self._check(max_length)
         self.request.reset_state()
-        seen = [0]
-
-        def forward(tokens: list[int]) -> int:
-            seen[0] += len(tokens)
-            return int(self._run(tokens, seen[0])[0, -1].argmax())
-
-        return GenerationTiming.measure(
-            len(ids), max_new_tokens, prefill=lambda: forward(ids), step=lambda t: forward([t])
-        )
+        return _OpenVINODecoder(self)
 
     def close(self) -> None:
         del self.request
         del self.compiled
+
+
+class _OpenVINODecoder(Decoder):
+    """Feeds tokens into the infer request, whose state holds the KV cache."""
+
+    def __init__(self, runtime: OpenVINORuntime) -> None:
+        self.runtime = runtime
+        self.seen = 0
+
+    def feed(self, tokens: Sequence[int]) -> Any:
+        import numpy as np
+
+        self.seen += len(tokens)
+        return np.array(self.runtime._run(list(tokens), self.seen)[0, -1], dtype=np.float32)
 
 
 @hookimpl

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from quantforge import Artifact, GenerationTiming, Option, OptionSet, Runtime, Target, hookimpl
+from quantforge import Artifact, Decoder, Option, OptionSet, Runtime, Target, hookimpl
 from quantforge.errors import TargetUnavailableError
 from quantforge.interfaces import gpu_visible
 from quantforge.options import OptionValue
@@ -117,28 +117,29 @@ class TransformersRuntime(Runtime):
             ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.model.device)
             return self.model(input_ids=ids).logits[0].float().cpu()
 
-    def generate(self, input_ids: Sequence[int], max_new_tokens: int) -> GenerationTiming:
-        torch = self.torch
-        ids = torch.tensor([list(input_ids)], dtype=torch.long, device=self.model.device)
-        cache: list[Any] = [None]
-
-        def forward(tokens: Any) -> Any:
-            out = self.model(input_ids=tokens, past_key_values=cache[0], use_cache=True)
-            cache[0] = out.past_key_values
-            return out.logits[:, -1:].argmax(-1)
-
-        # not inference_mode: quanto's packed kernels reject inference tensors
-        with torch.no_grad():
-            return GenerationTiming.measure(
-                len(input_ids),
-                max_new_tokens,
-                prefill=lambda: forward(ids),
-                step=forward,
-                sync=torch.cuda.synchronize if ids.is_cuda else (lambda: None),
-            )
+    def decoder(self, max_length: int) -> Decoder:
+        return _TransformersDecoder(self.model, self.torch)
 
     def close(self) -> None:
         del self.model
+
+
+class _TransformersDecoder(Decoder):
+    """Feeds tokens with the model's ``past_key_values``."""
+
+    def __init__(self, model: Any, torch: Any) -> None:
+        self.model = model
+        self.torch = torch
+        self.cache: Any = None
+
+    def feed(self, tokens: Sequence[int]) -> Any:
+        torch = self.torch
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=self.model.device)
+        # not inference_mode: quanto's packed kernels reject inference tensors
+        with torch.no_grad():
+            out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        return out.logits[0, -1].float().cpu().numpy()
 
 
 @hookimpl
