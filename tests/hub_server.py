@@ -29,6 +29,7 @@ LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub stores files above 10 MB (and binari
 PIPELINE_TAGS = {"text-generation", "text2text-generation", "fill-mask", "feature-extraction"}
 RELATIONS = {"adapter", "merge", "quantized", "finetune"}
 LICENSES = {"apache-2.0", "mit", "other", "llama3", "llama3.1", "gemma", "cc-by-4.0", "unknown"}
+SPACE_SDKS = ("gradio", "docker", "static")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -63,6 +64,7 @@ class Repo:
     repo_type: str
     repo_id: str
     private: bool
+    sdk: str | None = None  # Spaces only: gradio, docker, static
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
@@ -271,7 +273,12 @@ class Handler(BaseHTTPRequestHandler):
             raise HubError(
                 409, "You already created this model repo", url=f"{self.server.url}/{repo_id}"
             )
-        repo = Repo(repo_type, repo_id, bool(body.get("private")))
+        sdk = body.get("sdk")
+        if repo_type == "space" and sdk not in SPACE_SDKS:
+            raise HubError(400, f"a Space needs an sdk, one of {', '.join(SPACE_SDKS)}")
+        repo = Repo(
+            repo_type, repo_id, bool(body.get("private")), sdk if repo_type == "space" else None
+        )
         initial = self._commit(repo, None, "initial commit", {})
         repo.branches["main"] = initial.oid
         self.state.repos[key] = repo
@@ -392,6 +399,7 @@ class Handler(BaseHTTPRequestHandler):
                 ],
                 "cardData": _front_matter(card.decode("utf-8", "replace")) if card else None,
                 "tags": [],
+                **({"sdk": repo.sdk} if repo.sdk else {}),
                 "downloads": 0,
                 "likes": 0,
             },

@@ -127,3 +127,7 @@ class StepFailed(QuantforgeError):
 
 class ResultsError(UsageError):
     """A results store that is missing or not a quantforge store."""
+
+
+class NotRunnableError(QuantforgeError):
+    """A variant cannot run on this machine (the message says why); the others still can."""

@@ -127,14 +127,16 @@ def _status(exc: Exception) -> str:
 
 
 def remote_state(
-    api: Any, repo_id: str, revision: str = "main"
+    api: Any, repo_id: str, revision: str = "main", repo_type: str = "model"
 ) -> dict[str, dict[str, Any]] | None:
     """``{path: {"oid", "lfs"}}`` of a branch, or ``None`` if the repo or branch does not exist."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
     from huggingface_hub.hf_api import RepoFile
 
     try:
-        entries = list(api.list_repo_tree(repo_id, recursive=True, revision=revision))
+        entries = list(
+            api.list_repo_tree(repo_id, recursive=True, revision=revision, repo_type=repo_type)
+        )
     except (RepositoryNotFoundError, RevisionNotFoundError):
         return None
     return {
@@ -144,7 +146,7 @@ def remote_state(
     }
 
 
-def _changed(local: dict[str, Path], remote: dict[str, dict[str, Any]]) -> list[str]:
+def changed_paths(local: dict[str, Path], remote: dict[str, dict[str, Any]]) -> list[str]:
     """Paths whose content differs between the local files and the repo (empty: identical)."""
     changed = []
     for path, file in local.items():
@@ -300,7 +302,7 @@ def _compare_with_remote(api: Any, plan: RepoPlan, facts: RunFacts, overwrite: b
     if remote is None:
         return
     plan.exists = True
-    plan.changed = _changed(plan.files, remote)
+    plan.changed = changed_paths(plan.files, remote)
     if not plan.changed:
         plan.action = "unchanged"
         return

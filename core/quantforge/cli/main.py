@@ -197,6 +197,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_lazy("quantforge.cli.push", "push_command"))
 
+    p = sub.add_parser("space", help="a Gradio Space to try a run's variants side by side")
+    space = p.add_subparsers(dest="space_command", metavar="SPACE_COMMAND", required=True)
+    p = space.add_parser("build", help="write a ready Space repo folder for a run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/space)")
+    p.add_argument(
+        "--namespace",
+        metavar="ORG",
+        help="read the variants from the Hub repos `quantforge push` made there "
+        "(default: from this machine's folders)",
+    )
+    p.add_argument(
+        "--layout", choices=["repos", "branches"], default="repos", help="as given to push"
+    )
+    p.add_argument("--repo-name", metavar="SCHEME", help="as given to push")
+    p.add_argument(
+        "--base-model", metavar="REPO_ID", help="the base model's Hub id (the base on the Hub)"
+    )
+    p.add_argument("--license", help="the Space's license id (default apache-2.0)")
+    p.set_defaults(handler=_lazy("quantforge.cli.space", "build_command"))
+    p = space.add_parser("push", help="publish a Space folder to the Hub in one commit")
+    p.add_argument("space_dir", type=Path)
+    p.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Space to create")
+    p.add_argument("--private", action="store_true", help="create a private Space")
+    p.add_argument("--overwrite", action="store_true", help="replace a Space's unrelated content")
+    p.add_argument("--dry-run", action="store_true", help="print what would be uploaded, and stop")
+    p.set_defaults(handler=_lazy("quantforge.cli.space", "push_command"))
+    p = space.add_parser("serve", help="run the Space on this machine")
+    p.add_argument("path", type=Path, help="a run folder, or a folder made by `space build`")
+    _serve_arguments(p)
+    p.set_defaults(handler=_lazy("quantforge.cli.space", "serve_command"))
+
     p = sub.add_parser(
         "demo", help="tiny model -> fp, RTN int4, bnb NF4, bnb int8 -> measured table"
     )
@@ -207,8 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="every installed method (GPTQ, AWQ, bnb, quanto, HQQ, torchao, RTN, mixed precision)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--serve", action="store_true", help="then serve the Space to try the variants")
+    _serve_arguments(p)
     p.set_defaults(handler=_lazy("quantforge.cli.run", "demo_command"))
     return parser
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=12000,
+        help="memory the loaded variants may take together (default 12000: a free CPU Space)",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=256, help="cap per request")
+    p.add_argument("--time-limit", type=float, default=90, help="seconds per request")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,10 @@ def render() -> str:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, command in sub.choices.items():
         parts += [f"## quantforge {name}", "", "```", command.format_help().rstrip(), "```", ""]
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        for inner, leaf in nested[0].choices.items() if nested else []:
+            parts += [f"### quantforge {name} {inner}", "", "```", leaf.format_help().rstrip()]
+            parts += ["```", ""]
     return "\n".join(parts)
 
 

@@ -204,4 +204,9 @@ def demo_command(args: argparse.Namespace) -> int:
     with console.status("building the tiny demo model (cached after the first time)...") as status:
         model = build_tiny_model(log=lambda msg: status.update(f"tiny model: {msg}"))
     console.print(f"tiny model: {model}")
-    return _execute(demo_config(model, args.out, args.all_methods), args.json)
+    code = _execute(demo_config(model, args.out, args.all_methods), args.json)
+    if code == 0 and args.serve:
+        from quantforge.cli.space import serve
+
+        serve(args.out, args)
+    return code
