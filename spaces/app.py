@@ -26,6 +26,7 @@ import gradio as gr  # noqa: E402
 from quantforge.cards import pareto_plot  # noqa: E402
 from quantforge.errors import QuantforgeError  # noqa: E402
 from quantforge.generation import Sampling  # noqa: E402
+from quantforge.recommend import DEFAULT_CONSTRAINTS, recommend  # noqa: E402
 from quantforge.side_by_side import Limits, Panel, SideBySide  # noqa: E402
 from quantforge.space import fit_table, tradeoff_table  # noqa: E402
 
@@ -171,6 +172,12 @@ def build_app(folder: Path = HERE, limits: Limits | None = None) -> gr.Blocks:
                     slots.append(gr.HTML(visible=False, elem_id=f"qf-output-{i}"))
                     slots.append(gr.Markdown(visible=False, elem_id=f"qf-stats-{i}"))
         with gr.Accordion("Measured trade-offs", open=True, elem_id="qf-results"):
+            gr.Markdown(
+                f"**Recommended per target**: the smallest variant that keeps "
+                f"{DEFAULT_CONSTRAINTS.describe()} (as `quantforge recommend` answers)\n\n"
+                + "\n".join(f"- {r.line()}" for r in recommend(facts, DEFAULT_CONSTRAINTS)),
+                elem_id="qf-recommendations",
+            )
             gr.Dataframe(
                 value=table(),
                 type="array",

@@ -434,6 +434,9 @@ def test_the_page_in_headless_chromium(app_url: str, cache_dir: Path) -> None:
         expect(page.locator("#qf-table")).to_contain_text("KL vs base")
         expect(page.locator("#qf-table")).to_contain_text("llama.cpp")
         expect(page.locator("#qf-fit")).to_contain_text("rpi5")
+        expect(page.locator("#qf-recommendations")).to_contain_text(
+            "rpi5 (estimate from a device profile): llamacpp-q4_k_m"
+        )
         expect(page.locator("#qf-plot img")).to_be_visible()
         # an empty prompt gets one line, and the previous answers are cleared
         page.locator("#qf-prompt textarea").fill("")

@@ -518,6 +518,8 @@ def family_card(facts: RunFacts, options: CardOptions, title: str) -> Any:
     """The overview card that lists every variant of the run."""
     from huggingface_hub import ModelCard, ModelCardData
 
+    from quantforge.recommend import DEFAULT_CONSTRAINTS, recommend
+
     metadata = {
         "tags": ["quantforge", "quantized"],
         **hub_metadata(facts, options, quantized=False),
@@ -552,6 +554,8 @@ def family_card(facts: RunFacts, options: CardOptions, title: str) -> Any:
         ],
         plot=options.plot,
         run_id=facts.run["run_id"],
+        recommend_rule=DEFAULT_CONSTRAINTS.describe(),
+        recommendations=[r.line() for r in recommend(facts, DEFAULT_CONSTRAINTS)],
     )
 
 

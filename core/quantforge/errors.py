@@ -131,3 +131,9 @@ class ResultsError(UsageError):
 
 class NotRunnableError(QuantforgeError):
     """A variant cannot run on this machine (the message says why); the others still can."""
+
+
+class NoAnswerError(QuantforgeError):
+    """A search found no variant that meets the constraints (the message names the closest)."""
+
+    exit_code = 2

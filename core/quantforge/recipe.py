@@ -43,6 +43,7 @@ from typing import Any
 from quantforge.calibration import CalibrationSpec
 from quantforge.errors import RecipeError
 from quantforge.planner import BASE, VariantSpec, check_variant_name, parse_variant
+from quantforge.search import Constraints, SearchSettings, parse_percent
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,6 +68,7 @@ class RunConfig:
     seed: int = 0
     step_timeout: float = 3600.0
     cache_dir: Path | None = None
+    search: SearchSettings | None = None  # a [search] table: search instead of building variants
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -118,7 +120,7 @@ def _expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) ->
     return value
 
 
-TOP_LEVEL = {"model", "variants", "targets", "evaluators", "data", "calibration", "run"}
+TOP_LEVEL = {"model", "variants", "targets", "evaluators", "data", "calibration", "run", "search"}
 
 
 def _keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
@@ -229,8 +231,14 @@ def parse_recipe(
     revision = model.get("revision")
     if revision is not None:
         _expect("model.revision", revision, str, "a string")
+    search = _search(data["search"]) if "search" in data else None
     raw_variants = _expect("variants", data.get("variants", []), list, "a list")
-    if not raw_variants:
+    if search is not None and raw_variants:
+        raise RecipeError(
+            "a recipe with [search] lists no variants: the search chooses them",
+            hint="remove variants, or remove [search]",
+        )
+    if not raw_variants and search is None:
         raise RecipeError(
             "the recipe lists no variants", hint='add variants = ["rtn:int4", "bnb:nf4"]'
         )
@@ -272,4 +280,50 @@ def parse_recipe(
         calibration=calibration,
         seed=seed,
         step_timeout=float(timeout),
+        search=search,
     )
+
+
+def _search(value: Any) -> SearchSettings:
+    """``[search]``: target, max_kld, max_ppl_increase ("2%"), min_decode_tps, context,
+    budget_minutes, methods."""
+    table = _expect("[search]", value, dict, "a table")
+    _keys(
+        "[search]",
+        table,
+        {
+            "target",
+            "max_kld",
+            "max_ppl_increase",
+            "min_decode_tps",
+            "context",
+            "budget_minutes",
+            "methods",
+        },
+    )
+    if "target" not in table:
+        raise RecipeError("[search] has no target", hint='add target = "rpi5"')
+
+    def number(key: str) -> float | None:
+        if key not in table:
+            return None
+        return float(_expect(f"search.{key}", table[key], (int, float), "a number"))
+
+    increase = table.get("max_ppl_increase")
+    if isinstance(increase, str):
+        increase = parse_percent(increase)
+    elif increase is not None:
+        increase = float(_expect("search.max_ppl_increase", increase, (int, float), "a number"))
+    context = table.get("context")
+    if context is not None:
+        context = _expect("search.context", context, int, "an integer")
+    methods = _expect("search.methods", table.get("methods", []), list, "a list of names")
+    constraints = Constraints(
+        target=_expect("search.target", table["target"], str, "a target name"),
+        max_kld=number("max_kld"),
+        max_ppl_increase=increase,
+        min_decode_tps=number("min_decode_tps"),
+        context=context,
+    )
+    constraints.check()
+    return SearchSettings(constraints, number("budget_minutes"), tuple(str(m) for m in methods))

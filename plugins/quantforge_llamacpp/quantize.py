@@ -52,9 +52,10 @@ FTYPES: dict[str, tuple[int, float]] = {
     "IQ1_S": (24, 1.56),
 }
 # Types llama.cpp refuses to make without an importance matrix (llama-quant.cpp,
-# tensor_requires_imatrix): their grids are too coarse to round well blind.
+# tensor_requires_imatrix): their grids are too coarse to round well blind. IQ3_XS
+# writes some tensors as IQ3_XXS, so it is refused too.
 NEEDS_IMATRIX = frozenset(
-    {"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "Q2_K_S"}
+    {"IQ3_XS", "IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_S", "IQ1_M", "Q2_K_S"}
 )
 
 _FALLBACK = re.compile(

@@ -86,28 +86,46 @@ def build_parser() -> argparse.ArgumentParser:
         "--evaluator", action="append", dest="evaluators", help="evaluator (default: all)"
     )
     p.add_argument("--eval-text", type=Path, help="evaluation text file (default: built-in sample)")
-    p.add_argument(
-        "--calibration",
-        metavar="SOURCE",
-        help="calibration data: .txt, .jsonl, or a Hub dataset id",
-    )
-    p.add_argument(
-        "--calibration-samples", type=int, default=128, metavar="N", help="rows (default 128)"
-    )
-    p.add_argument(
-        "--calibration-seq-len",
-        type=int,
-        default=512,
-        metavar="N",
-        help="tokens per row (default 512)",
-    )
-    p.add_argument("--calibration-column", default="text", help="text column of .jsonl / datasets")
-    p.add_argument("--calibration-split", default="train", help="split of a Hub dataset")
+    _calibration_arguments(p)
     p.add_argument("--revision", help="Hub revision of MODEL")
     p.add_argument("--out", type=Path, default=Path("runs/quantize"), help="output folder")
     p.add_argument("--step-timeout", type=float, default=3600.0, help="seconds per step")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_lazy("quantforge.cli.run", "quantize_command"))
+
+    p = sub.add_parser(
+        "search",
+        help="the smallest variant that meets your constraints on a target (tries as few as it can)",
+    )
+    p.add_argument("model", help="local model folder or Hub id")
+    p.add_argument(
+        "--target", required=True, help="device profile (rpi5, ...) or a measured target (cpu)"
+    )
+    _constraint_arguments(p)
+    p.add_argument("--context", type=int, metavar="TOKENS", help="context the target must hold")
+    p.add_argument(
+        "--budget-minutes", type=float, metavar="MIN", help="stop starting trials after this"
+    )
+    p.add_argument(
+        "--method", action="append", default=[], help="only this method's presets (repeatable)"
+    )
+    p.add_argument("--eval-text", type=Path, help="evaluation text file (default: built-in sample)")
+    _calibration_arguments(p)
+    p.add_argument("--revision", help="Hub revision of MODEL")
+    p.add_argument("--out", type=Path, default=Path("runs/search"), help="output folder")
+    p.add_argument("--json", action="store_true", help="print the search as JSON")
+    p.set_defaults(handler=_lazy("quantforge.cli.search", "search_command"))
+
+    p = sub.add_parser(
+        "recommend", help="per target, the smallest variant of a run that meets your constraints"
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--target", action="append", help="only this target of the run (repeatable; default: all)"
+    )
+    _constraint_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_lazy("quantforge.cli.search", "recommend_command"))
 
     p = sub.add_parser(
         "fit", help="does a model or variant fit on a device, and how fast could it decode there"
@@ -243,6 +261,39 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_arguments(p)
     p.set_defaults(handler=_lazy("quantforge.cli.run", "demo_command"))
     return parser
+
+
+def _constraint_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-kld", type=float, metavar="KL", help="KL divergence vs the base, at most")
+    p.add_argument(
+        "--max-ppl-increase", metavar="PCT", help="perplexity increase over the base, e.g. 2%%"
+    )
+    p.add_argument(
+        "--min-decode-tps",
+        type=float,
+        metavar="TPS",
+        help="decode tokens/s on the target (an estimate on device profiles)",
+    )
+
+
+def _calibration_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--calibration",
+        metavar="SOURCE",
+        help="calibration data: .txt, .jsonl, or a Hub dataset id",
+    )
+    p.add_argument(
+        "--calibration-samples", type=int, default=128, metavar="N", help="rows (default 128)"
+    )
+    p.add_argument(
+        "--calibration-seq-len",
+        type=int,
+        default=512,
+        metavar="N",
+        help="tokens per row (default 512)",
+    )
+    p.add_argument("--calibration-column", default="text", help="text column of .jsonl / datasets")
+    p.add_argument("--calibration-split", default="train", help="split of a Hub dataset")
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:

@@ -111,7 +111,12 @@ def _execute(config: RunConfig, as_json: bool) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    return _execute(load_recipe(args.recipe, output=args.out), args.json)
+    config = load_recipe(args.recipe, output=args.out)
+    if config.search is not None:
+        from quantforge.cli.search import run_search
+
+        return run_search(config, args.json)
+    return _execute(config, args.json)
 
 
 def _calibration_from_args(args: argparse.Namespace) -> CalibrationSpec | None:
