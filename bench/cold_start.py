@@ -1,4 +1,5 @@
-"""Cold start of `quantforge --help` beside `python -c "import torch"`, measured in the same run.
+"""Cold start of `quantforge --help` beside `optimum-cli --help` and `python -c "import torch"`,
+measured in the same run (`python -c "import optimum"` stands in when optimum-cli is absent).
 
     .venv/bin/python bench/cold_start.py [--runs 7]
 
@@ -34,14 +35,24 @@ def main() -> None:
     commands = {
         "quantforge --help": [script, "--help"],
         "quantforge plugins": [script, "plugins"],
+        **_optimum(),
         'python -c "import torch"': [sys.executable, "-c", "import torch"],
         'python -c "pass"': [sys.executable, "-c", "pass"],
     }
     results = {name: median_seconds(argv, args.runs) for name, argv in commands.items()}
     for name, seconds in results.items():
         print(f"{name:28s} {seconds * 1000:8.0f} ms (median of {args.runs})")
-    ratio = results["quantforge --help"] / results['python -c "import torch"']
-    print(f"ratio quantforge --help / import torch: {ratio:.3f}")
+    mine = results["quantforge --help"]
+    for reference in [n for n in results if "optimum" in n] + ['python -c "import torch"']:
+        print(f"ratio quantforge --help / {reference}: {mine / results[reference]:.3f}")
+
+
+def _optimum() -> dict[str, list[str]]:
+    """The reference CLI people would otherwise start: optimum-cli, else importing optimum."""
+    cli = shutil.which("optimum-cli") or str(Path(sys.executable).parent / "optimum-cli")
+    if Path(cli).is_file():
+        return {"optimum-cli --help": [cli, "--help"]}
+    return {'python -c "import optimum"': [sys.executable, "-c", "import optimum"]}
 
 
 if __name__ == "__main__":

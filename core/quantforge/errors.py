@@ -137,3 +137,9 @@ class NoAnswerError(QuantforgeError):
     """A search found no variant that meets the constraints (the message names the closest)."""
 
     exit_code = 2
+
+
+class ExecutorError(QuantforgeError):
+    """The chosen executor cannot start (say, its cluster is unreachable)."""
+
+    exit_code = 2

@@ -59,45 +59,76 @@ def describe_exit(returncode: int, log: Path) -> str:
     return f"worker exited with status {returncode}" + (f": {detail}" if detail else "")
 
 
+def run_job(job: dict[str, Any], work_dir: Path, stem: str, timeout: float) -> JobOutcome:
+    """Run one job in a fresh ``python -m quantforge.worker`` beside ``work_dir``'s files
+    ``STEM.job.json``, ``STEM.result.json`` and ``STEM.log``; kill it at ``timeout``."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    job_path = work_dir / f"{stem}.job.json"
+    result_path = work_dir / f"{stem}.result.json"
+    log_path = work_dir / f"{stem}.log"
+    job_path.write_text(json.dumps(job), encoding="utf-8")
+    result_path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "quantforge.worker", str(job_path), str(result_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return JobOutcome(
+                None,
+                f"timed out after {timeout:g}s",
+                result_path,
+                log_path,
+                time.perf_counter() - started,
+            )
+    seconds = time.perf_counter() - started
+    assert code is not None
+    failure = None if code == 0 else describe_exit(code, log_path)
+    return JobOutcome(code, failure, result_path, log_path, seconds)
+
+
 class LocalExecutor:
     """Runs jobs as child processes of this one, one at a time."""
+
+    name = "local"
 
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
         work_dir.mkdir(parents=True, exist_ok=True)
         self._count = 0
 
-    def run(self, job: dict[str, Any], label: str, timeout: float) -> JobOutcome:
+    def stem(self, label: str) -> str:
         self._count += 1
-        stem = f"{self._count:03d}-{label}".replace("/", "_")
-        job_path = self.work_dir / f"{stem}.job.json"
-        result_path = self.work_dir / f"{stem}.result.json"
-        log_path = self.work_dir / f"{stem}.log"
-        job_path.write_text(json.dumps(job), encoding="utf-8")
-        result_path.unlink(missing_ok=True)
-        started = time.perf_counter()
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "quantforge.worker", str(job_path), str(result_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            try:
-                code: int | None = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return JobOutcome(
-                    None,
-                    f"timed out after {timeout:g}s",
-                    result_path,
-                    log_path,
-                    time.perf_counter() - started,
-                )
-        seconds = time.perf_counter() - started
-        assert code is not None
-        failure = None if code == 0 else describe_exit(code, log_path)
-        return JobOutcome(code, failure, result_path, log_path, seconds)
+        return f"{self._count:03d}-{label}".replace("/", "_")
+
+    def run(self, job: dict[str, Any], label: str, timeout: float) -> JobOutcome:
+        return run_job(job, self.work_dir, self.stem(label), timeout)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def make_executor(kind: str, work_dir: Path, address: str | None = None) -> LocalExecutor:
+    """``local`` (child processes, the default) or ``ray`` (Ray tasks, local or a cluster)."""
+    if kind == "local":
+        if address:
+            from quantforge.errors import UsageError
+
+            raise UsageError("--ray-address goes with --executor ray")
+        return LocalExecutor(work_dir)
+    if kind == "ray":
+        from quantforge.ray_executor import RayExecutor
+
+        return RayExecutor(work_dir, address)
+    from quantforge.errors import UnknownNameError
+
+    raise UnknownNameError("executor", kind, ["local", "ray"])

@@ -138,6 +138,7 @@ class Step(Component):
 
     input_format: ClassVar[str] = "hf"
     output_format: ClassVar[str]
+    needs_gpu: ClassVar[bool] = False  # a cluster executor runs it where a GPU is
     architectures: ClassVar[frozenset[str] | None] = None
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
@@ -352,6 +353,12 @@ class Target(Component):
     def hardware(self) -> str:
         """One line describing the hardware, for provenance."""
         return self.name
+
+    def resources(self) -> dict[str, float]:
+        """What a measurement on this target asks a cluster executor for, beyond a CPU and
+        memory: ``{"GPU": 1}`` for a GPU target, or a custom resource such as ``{"rpi5": 1}``
+        that only the nodes with the device offer."""
+        return {}
 
     @abstractmethod
     def load(

@@ -69,6 +69,8 @@ class RunConfig:
     step_timeout: float = 3600.0
     cache_dir: Path | None = None
     search: SearchSettings | None = None  # a [search] table: search instead of building variants
+    executor: str = "local"  # or "ray"
+    ray_address: str | None = None  # an existing Ray cluster (default: start a local instance)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class RunConfig:
             "calibration": self.calibration.describe() if self.calibration else None,
             "seed": self.seed,
             "step_timeout": self.step_timeout,
+            "executor": self.executor,
         }
 
 
@@ -253,7 +256,7 @@ def parse_recipe(
     _keys("[data]", data_table, {"eval_text"})
     calibration = _calibration(data.get("calibration"), base_dir)
     run = _expect("[run]", data.get("run", {}), dict, "a table")
-    _keys("[run]", run, {"output", "seed", "step_timeout"})
+    _keys("[run]", run, {"output", "seed", "step_timeout", "executor", "ray_address"})
 
     def file(key: str) -> Path | None:
         if key not in data_table:
@@ -281,6 +284,8 @@ def parse_recipe(
         seed=seed,
         step_timeout=float(timeout),
         search=search,
+        executor=_expect("run.executor", run.get("executor", "local"), str, '"local" or "ray"'),
+        ray_address=run.get("ray_address"),
     )
 
 

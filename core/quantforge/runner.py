@@ -24,7 +24,7 @@ from quantforge import artifacts, provenance
 from quantforge.calibration import fingerprint as calibration_fingerprint
 from quantforge.devices import DeviceProfile, footprint_from_config, footprint_of
 from quantforge.errors import QuantforgeError, RecipeError, UsageError
-from quantforge.executor import JobOutcome, LocalExecutor
+from quantforge.executor import JobOutcome, LocalExecutor, make_executor
 from quantforge.interfaces import Artifact, Evaluator, Target
 from quantforge.model_source import BaseModel, resolve_model
 from quantforge.planner import VariantPlan, needs_calibration, plan_variant
@@ -238,9 +238,12 @@ class Runner:
         for info in self.plugins.errors():
             self.reporter.note(f"plugin {info.name} is not loaded: {info.errors[0]}")
         output = self.config.output
-        output.mkdir(parents=True, exist_ok=True)
         run_id = provenance.now().replace(":", "").replace("-", "") + "-" + uuid.uuid4().hex[:6]
-        executor = LocalExecutor(output / "logs" / run_id)
+        # the executor first: one that cannot start leaves no run folder behind
+        executor = make_executor(
+            self.config.executor, output / "logs" / run_id, self.config.ray_address
+        )
+        output.mkdir(parents=True, exist_ok=True)
         store = ResultsStore(output, create=True)
         base = plan.base
         store.start_run(
@@ -262,12 +265,21 @@ class Runner:
             store.finish_run(run_id, provenance.now(), "aborted")
             store.close()
             raise
+        finally:
+            executor.close()
         summary.status = "partial" if summary.failed() else "ok"
         store.finish_run(run_id, provenance.now(), summary.status)
         store.close()
         return summary
 
     # -- stages ----------------------------------------------------------------
+
+    @staticmethod
+    def _memory(plan: Preflight) -> dict[str, float]:
+        """What a job asks an executor for: a CPU, and memory for the model a few times over
+        (weights, a copy being written, activations)."""
+        weights = artifacts.folder_bytes(plan.base.path, weights_only=True)
+        return {"CPU": 1, "memory": max(3 * weights, 256 * 2**20)}
 
     def _prepared(
         self, executor: LocalExecutor, kind: str, key: str, job: dict[str, Any], what: str
@@ -277,7 +289,8 @@ class Runner:
         if path.exists():
             return path
         self.reporter.stage(what, 1)
-        outcome = executor.run({**job, "kind": kind}, kind, self.config.step_timeout)
+        job = {**job, "kind": kind, "resources": {"CPU": 1}}  # text and a tokenizer only
+        outcome = executor.run(job, kind, self.config.step_timeout)
         if outcome.failure or not outcome.result_path.exists():
             raise QuantforgeError(
                 f"{what} failed: {_worker_message(outcome)}", hint=f"see {outcome.log_path}"
@@ -394,6 +407,11 @@ class Runner:
             "steps": [self._step_job(plan, vplan, i) for vplan, i in members],
         }
         label = "+".join(vplan.steps[i].method for vplan, i in members)
+        gpu = any(
+            getattr(self.plugins.methods.get(vplan.steps[i].method), "needs_gpu", False)
+            for vplan, i in members
+        )
+        job["resources"] = {**self._memory(plan), **({"GPU": 1} if gpu else {})}
         outcome = executor.run(job, f"build-{label}", self.config.step_timeout * len(members))
         reported = {line["key"]: line for line in outcome.lines()}
         for vplan, i in members:
@@ -507,7 +525,7 @@ class Runner:
                 cpu = self.plugins.targets.get("cpu")
                 sources[tname] = ("cpu", cpu, cpu.options.resolve("target cpu", {}))
         done: set[str] = set()
-        for tname, (rname, _target, topts) in sources.items():
+        for tname, (rname, source_target, topts) in sources.items():
             todo = []
             for evaluator, opts, version in plan.evaluators:
                 if not evaluator.needs_reference:
@@ -549,6 +567,7 @@ class Runner:
                 "tokens_path": str(tokens),
                 "seed": self.config.seed,
             }
+            job["resources"] = {**self._memory(plan), **source_target.resources()}
             outcome = executor.run(job, f"reference-{tname}", self.config.step_timeout)
             self.reporter.advance(f"base on {tname}", "ok" if not outcome.failure else "failed")
             if outcome.failure:
@@ -609,6 +628,7 @@ class Runner:
                 "tokens_path": str(tokens),
                 "seed": self.config.seed,
             }
+            job["resources"] = {**self._memory(plan), **target.resources()}
             outcome = executor.run(job, f"measure-{name}-{tname}", self.config.step_timeout)
             summary.evaluations_run += 1
             status = self._collect(store, run_id, name, tname, key, outcome, plan, cached)

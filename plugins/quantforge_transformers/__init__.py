@@ -75,6 +75,9 @@ class LocalCUDA(LocalCPU):
             return "no CUDA GPU is visible on this machine (use the cpu target)"
         return None
 
+    def resources(self) -> dict[str, float]:
+        return {"GPU": 1}
+
     def hardware(self) -> str:
         import torch
 

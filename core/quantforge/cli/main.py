@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a TOML recipe: build, measure and record every variant")
     p.add_argument("recipe", type=Path)
     p.add_argument("--out", type=Path, help="output folder (default: the recipe's run.output)")
+    _executor_arguments(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_lazy("quantforge.cli.run", "run_command"))
 
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", help="Hub revision of MODEL")
     p.add_argument("--out", type=Path, default=Path("runs/quantize"), help="output folder")
     p.add_argument("--step-timeout", type=float, default=3600.0, help="seconds per step")
+    _executor_arguments(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_lazy("quantforge.cli.run", "quantize_command"))
 
@@ -261,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_arguments(p)
     p.set_defaults(handler=_lazy("quantforge.cli.run", "demo_command"))
     return parser
+
+
+def _executor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        help="where steps run: child processes here (default), or Ray tasks",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="an existing Ray cluster's head (default: start a local Ray instance)",
+    )
 
 
 def _constraint_arguments(p: argparse.ArgumentParser) -> None:

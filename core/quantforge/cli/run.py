@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,10 @@ def _execute(config: RunConfig, as_json: bool) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     config = load_recipe(args.recipe, output=args.out)
+    if args.executor:
+        config = replace(config, executor=args.executor)
+    if args.ray_address:
+        config = replace(config, ray_address=args.ray_address)
     if config.search is not None:
         from quantforge.cli.search import run_search
 
@@ -163,6 +168,8 @@ def quantize_command(args: argparse.Namespace) -> int:
         eval_text=args.eval_text,
         calibration=_calibration_from_args(args),
         step_timeout=args.step_timeout,
+        executor=args.executor or "local",
+        ray_address=args.ray_address,
     )
     return _execute(config, args.json)
 

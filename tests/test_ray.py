@@ -1,0 +1,102 @@
+"""``--executor ray``: variant jobs as Ray tasks on a real local Ray instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from conftest import fails_with, quantforge
+
+pytestmark = pytest.mark.slow
+DETERMINISTIC = ("size_mb", "perplexity", "kl_divergence", "top1_agreement")
+
+
+def _values(run: Path) -> dict[tuple[str, str, str], float]:
+    data = json.loads(quantforge("results", str(run), "--json").stdout)
+    return {
+        (m["variant"], m["target"], m["metric"]): m["value"]
+        for m in data["measurements"]
+        if m["metric"] in DETERMINISTIC
+    }
+
+
+def test_ray_gives_the_same_results_table_as_local_processes(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Both from cold caches, so every step and measurement really runs in each."""
+    evaluators = ["size", "perplexity", "kl"]
+    command = ["quantize", str(tiny_model), "-v", "rtn:int4", "--target", "cpu"]
+    command += [x for e in evaluators for x in ("--evaluator", e)]
+    runs = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        env = {"QUANTFORGE_CACHE_DIR": str(tmp_path / f"cache-{executor}")}
+        done = quantforge(*command, "--out", str(out), "--executor", executor, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "1 steps run, 0 cached" in done.stderr + done.stdout
+        runs[executor] = out
+    local, ray = _values(runs["local"]), _values(runs["ray"])
+    assert set(local) == set(ray) and len(local) >= 7
+    for key, value in local.items():
+        assert ray[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    placements = [json.loads(p.read_text()) for p in runs["ray"].glob("logs/*/*.ray.json")]
+    kinds = {p["requested"] is not None for p in placements}
+    assert len(placements) >= 4 and kinds == {True}  # tokenize, build, reference, measure
+    build = next(p for p in placements if p["requested"] and "memory" in p["requested"])
+    assert build["resources"]["CPU"] == 1.0 and build["node_id"]
+    assert not list(runs["local"].glob("logs/*/*.ray.json"))
+    config = json.loads(quantforge("results", str(runs["ray"]), "--json").stdout)["run"]
+    assert json.loads(config["config"])["executor"] == "ray"
+
+
+def test_a_worker_dying_under_ray_fails_its_variant_and_the_run_completes(
+    faults_plugin: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    done = quantforge(
+        "quantize", str(tiny_model), "-v", "faults-crash", "-v", "rtn:int8",
+        "--target", "cpu", "--evaluator", "size", "--executor", "ray", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Failed: faults-crash" in done.stderr + done.stdout
+    assert "killed" in done.stderr + done.stdout
+    measured = {v for (v, _, _) in _values(out)}
+    assert {"base", "rtn-int8"} <= measured and "faults-crash" not in measured
+
+
+def test_an_unreachable_cluster_is_one_line_and_writes_nothing(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens
+    out = tmp_path / "run"
+    done = quantforge(
+        "quantize", str(tiny_model), "-v", "rtn:int4", "--executor", "ray",
+        "--ray-address", f"127.0.0.1:{port}", "--out", str(out), timeout=60,
+    )  # fmt: skip
+    fails_with(done, f"cannot reach the Ray cluster at 127.0.0.1:{port}", "--executor ray")
+    assert not out.exists()
+    fails_with(
+        quantforge("quantize", str(tiny_model), "-v", "rtn:int4", "--ray-address", "x:1"),
+        "--ray-address goes with --executor ray",
+    )
+
+
+def test_without_ray_installed_the_executor_names_the_extra_and_local_still_runs(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    shadow = tmp_path / "no-ray"
+    (shadow / "ray").mkdir(parents=True)
+    (shadow / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    path = os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")])
+    args = ["quantize", str(tiny_model), "-v", "rtn:int4", "--evaluator", "size"]
+    out = tmp_path / "run"
+    done = quantforge(*args, "--executor", "ray", "--out", str(out), env={"PYTHONPATH": path})
+    fails_with(done, "needs ray, which is not installed", "quantforge[ray]")
+    assert not out.exists()
+    done = quantforge(*args, "--out", str(out), env={"PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr
