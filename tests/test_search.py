@@ -151,3 +151,22 @@ def test_a_recipe_with_a_search_table_runs_the_same_search(
     assert _search(out)["winner"] == _search(searched[0])["winner"]
     recipe.write_text('variants = ["rtn:int4"]\n' + recipe.read_text())
     fails_with(quantforge("run", str(recipe)), "lists no variants: the search chooses them")
+
+
+def test_the_time_budget_stops_new_trials_and_marks_the_rest_untried(
+    searched: tuple[Path, str], tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    done = quantforge(
+        "search", str(tiny_model), "--target", "rpi5", "--context", "256",
+        "--max-kld", "0.001", "--method", "llamacpp", "--budget-minutes", "0.0001",
+        "--out", str(out),
+    )  # fmt: skip
+    data = _search(out)
+    states = [c["state"] for c in data["candidates"]]
+    assert data["budget_spent"] is True and states.count("untried") >= 1
+    assert states.count("passed") + states.count("failed") == 1  # the first trial only
+    if data["winner"] is None:
+        fails_with(done, "the --budget-minutes ran out meets", after_progress=True)
+    else:
+        assert done.returncode == 0 and "untried" in done.stdout

@@ -437,6 +437,7 @@ class Search:
         while pending:
             if (
                 self.budget_minutes is not None
+                and trials  # the first trial always runs
                 and time.monotonic() - started > self.budget_minutes * 60
             ):
                 budget_spent = True
