@@ -5,8 +5,8 @@ whose format the target runs and some local target can measure. Before any compu
 candidate is pruned when even its smallest possible size (every weight at its nominal
 bits) cannot fit the device, or when the device's roofline bound at that size is below
 the decode floor. The rest are tried by bisection over their estimated size: a candidate
-that meets the constraints rules out every larger one; one that loses on quality rules
-out the same method at fewer bits; one that does not fit or is too slow rules out every
+that meets the constraints rules out every one whose smallest possible size is not below
+its measured size; one that loses on quality rules out the same method at fewer bits; one that does not fit or is too slow rules out every
 candidate at least as large. Every trial is a normal run into the same results store.
 """
 
@@ -452,8 +452,12 @@ class Search:
             if c.state == "passed":
                 if winner is None or c.size_mb < winner.size_mb:
                     winner = c
-                for o in [o for o in pending if o.est_mb >= c.est_mb]:
-                    o.state, o.reason = "pruned", f"estimated larger than {c.spec}, which passed"
+                # an estimate is a lower bound: at least that large, so never smaller than c
+                for o in [o for o in pending if o.est_mb >= c.size_mb]:
+                    o.state = "pruned"
+                    o.reason = (
+                        f"at least {o.est_mb:.1f} MB, not smaller than {c.spec}, which passed"
+                    )
                     pending.remove(o)
             elif c.measured and self._quality_lost(c):
                 for o in [
