@@ -464,7 +464,7 @@ class Search:
                     o
                     for o in pending
                     if o.method == c.method
-                    and (o.bits or 99) <= (c.bits or 99)
+                    and (o.bits or 99) < (c.bits or 99)
                     and o.est_mb <= c.est_mb
                 ]:
                     o.state = "pruned"
