@@ -143,3 +143,9 @@ class ExecutorError(QuantforgeError):
     """The chosen executor cannot start (say, its cluster is unreachable)."""
 
     exit_code = 2
+
+
+def one_line(exc: BaseException) -> str:
+    """``"TypeName: first line of the message"`` (just the type name when it has none)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

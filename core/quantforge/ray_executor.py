@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from quantforge.errors import ExecutorError, MissingDependencyError
+from quantforge.errors import ExecutorError, MissingDependencyError, one_line
 from quantforge.executor import JobOutcome, LocalExecutor, run_job
 
 RETRIES = 1
@@ -110,11 +110,10 @@ class RayExecutor(LocalExecutor):
             outcome: JobOutcome = self.ray.get(ref)
             return outcome
         except self.ray.exceptions.RayError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             log = self.work_dir / f"{stem}.log"
             return JobOutcome(
                 None,
-                f"the Ray task failed after {RETRIES + 1} tries: {type(exc).__name__}: {first}",
+                f"the Ray task failed after {RETRIES + 1} tries: {one_line(exc)}",
                 self.work_dir / f"{stem}.result.json",
                 log,
                 0.0,

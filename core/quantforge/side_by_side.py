@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import artifacts
-from quantforge.errors import NotRunnableError, UsageError
+from quantforge.errors import NotRunnableError, UsageError, one_line
 from quantforge.generation import Progress, Sampling, first_divergence, stream
 from quantforge.interfaces import Artifact, Quantizer, Runtime, Target
 from quantforge.space import MEMORY_OVERHEAD, TOKENIZER_DIR, Catalog, SpaceVariant
@@ -341,7 +341,7 @@ class SideBySide:
             except NotRunnableError as exc:
                 panel.state, panel.message = "not runnable", exc.message
             except Exception as exc:  # corrupt files, a library refusing them: the rest go on
-                panel.state, panel.message = "failed", _one_line(exc)
+                panel.state, panel.message = "failed", one_line(exc)
             yield panels
         base = next((p for p in panels if p.name == "base"), None)
         while streams:
@@ -353,7 +353,7 @@ class SideBySide:
                     del streams[index]
                     continue
                 except Exception as exc:
-                    panel.state, panel.message = "failed", _one_line(exc)
+                    panel.state, panel.message = "failed", one_line(exc)
                     del streams[index]
                     continue
                 panel.text = self.tokenizer.decode(panel.progress.tokens, skip_special_tokens=True)
@@ -386,8 +386,3 @@ def _common_prefix(a: str, b: str) -> int:
             break
         n += 1
     return n
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")

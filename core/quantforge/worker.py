@@ -17,17 +17,13 @@ from typing import Any
 
 from quantforge import artifacts, provenance
 from quantforge.calibration import CalibrationSet
+from quantforge.errors import one_line
 from quantforge.interfaces import Artifact, EvalContext, Quantizer, StepContext
 from quantforge.plugins import Plugins, load_plugins
 
 
 def _artifact(data: dict[str, Any]) -> Artifact:
     return Artifact(Path(data["path"]), data["format"], data.get("manifest", {}))
-
-
-def _error(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _append(result: Path, record: dict[str, Any]) -> None:
@@ -63,7 +59,7 @@ def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
             _append(result, {"key": step["key"], "ok": True})
         except Exception as exc:
             traceback.print_exc()
-            _append(result, {"key": step["key"], "ok": False, "error": _error(exc)})
+            _append(result, {"key": step["key"], "ok": False, "error": one_line(exc)})
 
 
 def tokenize(job: dict[str, Any], result: Path) -> None:
@@ -177,7 +173,7 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
                 )
         except Exception as exc:
             traceback.print_exc()
-            errors[evaluator.name] = _error(exc)
+            errors[evaluator.name] = one_line(exc)
     env = provenance.environment(target.hardware(), needs)
     if runtime is not None:
         runtime.close()
