@@ -69,17 +69,42 @@ def git_blob_oid(path: Path) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
+def repo_files(folder: Path) -> dict[str, Path]:
+    """Every file of a folder to upload, by its path in the repo: no hidden files or
+    folders, no ``__pycache__``."""
+    return {
+        p.relative_to(folder).as_posix(): p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+        and not any(
+            part.startswith(".") or part == "__pycache__" for part in p.relative_to(folder).parts
+        )
+    }
+
+
+def commit_operations(files: dict[str, Path], remote: dict[str, Any] | None) -> list[Any]:
+    """Add every local file; delete what the branch holds beyond them (``.gitattributes`` stays)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    operations: list[Any] = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(file))
+        for path, file in sorted(files.items())
+    ]
+    operations += [
+        CommitOperationDelete(path_in_repo=path)
+        for path in (remote or {})
+        if path not in files and path != ".gitattributes"
+    ]
+    return operations
+
+
 def _variant_files(folder: Path) -> dict[str, Path]:
     """Every file of a variant folder, by its path in the repo; refuses an incomplete folder."""
     if not folder.is_dir():
         raise UsageError(
             f"variant folder {folder} is missing", hint="rebuild it with `quantforge quantize`"
         )
-    files = {
-        p.relative_to(folder).as_posix(): p
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
-    }
+    files = repo_files(folder)
     if MANIFEST not in files or len(files) < 2:
         raise UsageError(
             f"variant folder {folder} is missing files (it has {len(files)}, and "
@@ -332,8 +357,6 @@ def push(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Create the repos, one commit each, then the collection. Returns what was done."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
     done: dict[str, Any] = {"created": [], "committed": [], "unchanged": [], "collection": None}
     ready: set[str] = set()  # repos known to exist
     for plan in plans:
@@ -349,20 +372,11 @@ def push(
         if plan.revision != "main":
             api.create_branch(plan.repo_id, branch=plan.revision, exist_ok=True)
         parent = api.model_info(plan.repo_id, revision=plan.revision).sha
-        remote = remote_state(api, plan.repo_id, plan.revision) or {}
-        operations: list[Any] = [
-            CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(file))
-            for path, file in sorted(plan.files.items())
-        ]
-        operations += [
-            CommitOperationDelete(path_in_repo=path)
-            for path in remote
-            if path not in plan.files and path != ".gitattributes"
-        ]
+        remote = remote_state(api, plan.repo_id, plan.revision)
         info = api.create_commit(
             plan.repo_id,
             revision=plan.revision,
-            operations=operations,
+            operations=commit_operations(plan.files, remote),
             commit_message=f"quantforge: {plan.variant}",
             commit_description=f"{len(plan.files)} files, {plan.size() / 1e6:.1f} MB, "
             "built and measured with quantforge",

@@ -380,18 +380,6 @@ def fit_table(facts: RunFacts) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
-def space_files(folder: Path) -> dict[str, Path]:
-    """Every file of a Space folder by its path in the repo (no caches, no hidden files)."""
-    return {
-        p.relative_to(folder).as_posix(): p
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-        and not any(
-            part.startswith(".") or part == "__pycache__" for part in p.relative_to(folder).parts
-        )
-    }
-
-
 def check_space_folder(folder: Path) -> Catalog:
     """A folder ``space build`` made, whose card declares the gradio SDK and ``app_file``."""
     from huggingface_hub import SpaceCard
@@ -423,9 +411,14 @@ def push_space(
 ) -> str | None:
     """Publish a Space folder as ``repo_id`` in one commit, after checking that every
     variant repo it reads exists; returns the commit id (``None``: unchanged or dry run)."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
-    from quantforge.publish import PublishError, changed_paths, remote_state, token_and_user
+    from quantforge.publish import (
+        PublishError,
+        changed_paths,
+        commit_operations,
+        remote_state,
+        repo_files,
+        token_and_user,
+    )
 
     catalog = check_space_folder(folder)
     check_repo_id(repo_id, "the Space")
@@ -449,7 +442,7 @@ def push_space(
             f"the Space reads variants the Hub does not have: {', '.join(missing)}",
             hint="run `quantforge push RUN --namespace NS` first (same --repo-name and --layout)",
         )
-    files = space_files(folder)
+    files = repo_files(folder)
     remote = remote_state(api, repo_id, repo_type="space")
     changed = changed_paths(files, remote) if remote is not None else sorted(files)
     if remote and CATALOG_FILE not in remote and len(remote) > 1 and not overwrite:
@@ -469,19 +462,10 @@ def push_space(
         api.create_repo(
             repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True
         )
-    operations: list[Any] = [
-        CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(file))
-        for path, file in files.items()
-    ]
-    operations += [
-        CommitOperationDelete(path_in_repo=path)
-        for path in (remote or {})
-        if path not in files and path != ".gitattributes"
-    ]
     info = api.create_commit(
         repo_id,
         repo_type="space",
-        operations=operations,
+        operations=commit_operations(files, remote),
         commit_message=f"quantforge Space: {catalog.title}",
         commit_description=f"run {catalog.run_id}, {len(catalog.variants)} variants",
     )
