@@ -722,12 +722,15 @@ def _with_plot(options: CardOptions, plot: Path | None) -> CardOptions:
     return replace(options, plot=plot.name if plot else None)
 
 
-def check_card_libraries(owner: str) -> None:
-    """Refuse, naming the extra, when a library cards need is not installed."""
+def check_card_libraries(
+    owner: str, libraries: Sequence[str] = CARD_LIBRARIES, extra: str = "cards"
+) -> None:
+    """Refuse, naming the extra, when a library cards (or what builds on them, such as
+    the Space) need is not installed."""
     import importlib.util
 
     from quantforge.errors import MissingDependencyError
 
-    missing = [m for m in CARD_LIBRARIES if importlib.util.find_spec(m) is None]
+    missing = [m for m in libraries if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingDependencyError(owner, missing, "cards")
+        raise MissingDependencyError(owner, missing, extra)

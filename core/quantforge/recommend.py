@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantforge.search import Constraints, measured_values, violations
+from quantforge.search import Constraints, figures_text, measured_values, violations
 
 # What cards and the Space recommend by when nobody said: the issue's own example budget.
 DEFAULT_CONSTRAINTS = Constraints(target="", max_kld=0.03)
@@ -27,15 +27,7 @@ class Recommendation:
         if self.variant is None:
             closest = "; ".join(f"{v}: {why}" for v, why in list(self.why_not.items())[:3])
             return f"{self.target} ({kind}): no variant meets it ({closest})"
-        f = self.figures
-        parts = [f"{f['size_mb']:.1f} MB"] if "size_mb" in f else []
-        if "kl" in f:
-            parts.append(f"KL {f['kl']:.4g}")
-        if "fits" in f:
-            parts.append("fits" if f["fits"] >= 1 else "does not fit")
-        if "tps" in f:
-            parts.append(f"{'~' if not self.measured else ''}{f['tps']:.1f} tok/s")
-        return f"{self.target} ({kind}): {self.variant}: {', '.join(parts)}"
+        return f"{self.target} ({kind}): {self.variant}: {figures_text(self.figures)}"
 
     def as_dict(self) -> dict[str, Any]:
         return {

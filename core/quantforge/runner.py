@@ -224,6 +224,7 @@ class Runner:
         self.cache_dir = config.cache_dir or default_cache_dir()
         self.artifacts_dir = self.cache_dir / "artifacts"
         self._calibration_rows: Path | None = None
+        self._job_resources: dict[str, float] | None = None
 
     def artifact_path(self, key: str) -> Path:
         return self.artifacts_dir / key
@@ -274,12 +275,13 @@ class Runner:
 
     # -- stages ----------------------------------------------------------------
 
-    @staticmethod
-    def _memory(plan: Preflight) -> dict[str, float]:
+    def _memory(self, plan: Preflight) -> dict[str, float]:
         """What a job asks an executor for: a CPU, and memory for the model a few times over
-        (weights, a copy being written, activations)."""
-        weights = artifacts.folder_bytes(plan.base.path, weights_only=True)
-        return {"CPU": 1, "memory": max(3 * weights, 256 * 2**20)}
+        (weights, a copy being written, activations). The base folder is sized once a run."""
+        if self._job_resources is None:
+            weights = artifacts.folder_bytes(plan.base.path, weights_only=True)
+            self._job_resources = {"CPU": 1, "memory": max(3 * weights, 256 * 2**20)}
+        return self._job_resources
 
     def _prepared(
         self, executor: LocalExecutor, kind: str, key: str, job: dict[str, Any], what: str

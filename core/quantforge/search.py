@@ -211,6 +211,23 @@ def violations(
     return out
 
 
+def figures_text(m: Mapping[str, float]) -> str:
+    """``3.6 MB, KL 0.0002, ppl +0.1%, fits, ~2205.0 tok/s``: the figures a constraint reads.
+    Speeds next to a fit check come from a device profile and are marked ``~`` (estimates)."""
+    parts = []
+    if "size_mb" in m:
+        parts.append(f"{m['size_mb']:.1f} MB")
+    if "kl" in m:
+        parts.append(f"KL {m['kl']:.4g}")
+    if "ppl_increase" in m:
+        parts.append(f"ppl {m['ppl_increase']:+.2%}")
+    if "fits" in m:
+        parts.append("fits" if m["fits"] >= 1 else "does not fit")
+    if "tps" in m:
+        parts.append(f"{'~' if 'fits' in m else ''}{m['tps']:.1f} tok/s")
+    return ", ".join(parts)
+
+
 def measuring_target(plugins: Any, fmt: str) -> Target | None:
     """A target on this machine that measures ``fmt`` variants (cpu for hf, llama.cpp for gguf)."""
     found: list[Target] = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import html
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -375,14 +376,7 @@ class SideBySide:
             panel.diverged_at = at
             head = self.tokenizer.decode(panel.progress.tokens[:at], skip_special_tokens=True)
             panel.diverged_char = (
-                len(head) if panel.text.startswith(head) else _common_prefix(base.text, panel.text)
+                len(head)
+                if panel.text.startswith(head)
+                else len(os.path.commonprefix([base.text, panel.text]))
             )
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n

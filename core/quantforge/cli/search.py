@@ -8,52 +8,49 @@ import json
 from quantforge.errors import NoAnswerError
 from quantforge.recipe import RunConfig
 from quantforge.search import (
-    Candidate,
     Constraints,
     Search,
     SearchResult,
     SearchSettings,
+    figures_text,
     parse_percent,
 )
 
 
-def _figures(c: Candidate) -> str:
-    m = c.measured
-    parts = []
-    if "size_mb" in m:
-        parts.append(f"{m['size_mb']:.1f} MB")
-    if "kl" in m:
-        parts.append(f"KL {m['kl']:.4g}")
-    if "ppl_increase" in m:
-        parts.append(f"ppl {m['ppl_increase']:+.2%}")
-    if "fits" in m:
-        parts.append("fits" if m["fits"] >= 1 else "does not fit")
-    if "tps" in m:
-        parts.append(f"~{m['tps']:.0f} tok/s")
-    return ", ".join(parts)
+def constraints_from(args: argparse.Namespace, target: str = "") -> Constraints:
+    """The constraint flags both ``search`` and ``recommend`` take."""
+    return Constraints(
+        target=target,
+        max_kld=args.max_kld,
+        max_ppl_increase=parse_percent(args.max_ppl_increase) if args.max_ppl_increase else None,
+        min_decode_tps=args.min_decode_tps,
+        context=getattr(args, "context", None),
+    )
 
 
-def report(result: SearchResult, target: str) -> list[str]:
+def report(result: SearchResult) -> list[str]:
     """The search's answer and why every other candidate lost."""
     lines = []
     if result.winner:
         w = result.winner
-        lines.append(f"Answer: {w.spec} ({w.name}): {_figures(w)} [measured on {w.measured_on}]")
+        lines.append(
+            f"Answer: {w.spec} ({w.name}): {figures_text(w.measured)} [measured on {w.measured_on}]"
+        )
         if result.runner_up:
             r = result.runner_up
             lines.append(
-                f"Runner-up on the size/KL Pareto front: {r.spec}: {_figures(r)}"
+                f"Runner-up on the size/KL Pareto front: {r.spec}: {figures_text(r.measured)}"
                 + ("" if r.state == "passed" else f" (lost: {r.reason})")
             )
     lines.append("Why the others lost:")
     for c in result.candidates:
         if c is result.winner:
             continue
-        figures = f" [{_figures(c)}]" if c.measured else ""
+        figures = f" [{figures_text(c.measured)}]" if c.measured else ""
         lines.append(f"  {c.spec:<26} {c.state:<8} {c.reason}{figures}")
     tried = len(result.trials)
     lines.append(f"{tried} trials recorded in {result.out / 'results.sqlite'}")
-    if target and result.winner:
+    if result.winner:
         lines.append(f"Next: quantforge results {result.out}   or   quantforge cards {result.out}")
     return lines
 
@@ -61,13 +58,7 @@ def report(result: SearchResult, target: str) -> list[str]:
 def search_command(args: argparse.Namespace) -> int:
     from quantforge.cli.run import _calibration_from_args
 
-    constraints = Constraints(
-        target=args.target,
-        max_kld=args.max_kld,
-        max_ppl_increase=parse_percent(args.max_ppl_increase) if args.max_ppl_increase else None,
-        min_decode_tps=args.min_decode_tps,
-        context=args.context,
-    )
+    constraints = constraints_from(args, args.target)
     config = RunConfig(
         model=args.model,
         variants=[],
@@ -99,7 +90,7 @@ def run_search(config: RunConfig, as_json: bool) -> int:
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
     else:
-        for line in report(result, constraints.target):
+        for line in report(result):
             print(line)
     if result.winner is None:
         closest = result.closest()
@@ -118,12 +109,7 @@ def recommend_command(args: argparse.Namespace) -> int:
     from quantforge.cards import RunFacts
     from quantforge.recommend import recommend
 
-    constraints = Constraints(
-        target="",
-        max_kld=args.max_kld,
-        max_ppl_increase=parse_percent(args.max_ppl_increase) if args.max_ppl_increase else None,
-        min_decode_tps=args.min_decode_tps,
-    )
+    constraints = constraints_from(args)
     facts = RunFacts.load(args.run_dir)
     found = recommend(facts, constraints, args.target)
     if args.json:

@@ -7,15 +7,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from quantforge.errors import MissingDependencyError
-
 
 def _check_space_libraries(owner: str) -> None:
-    missing = [
-        m for m in ("gradio", "huggingface_hub", "matplotlib") if not importlib.util.find_spec(m)
-    ]
-    if missing:
-        raise MissingDependencyError(owner, missing, "space")
+    from quantforge.cards import CARD_LIBRARIES, check_card_libraries
+
+    check_card_libraries(owner, ("gradio", *CARD_LIBRARIES), "space")
 
 
 def build_command(args: argparse.Namespace) -> int:
