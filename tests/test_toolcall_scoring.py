@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from quantforge.errors import UsageError
-from quantforge_tasks import synthetic
+from quantforge.testing import toolcalls as synthetic
 from quantforge_tasks.toolcall import extract_call, load_cases, newly_failed, score, summarize
 
 

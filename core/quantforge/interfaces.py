@@ -399,6 +399,8 @@ class EvalContext:
         wrote while the base model ran (shared by all variants).
     :ivar memo: shared by the evaluators of one variant (e.g. its log-probs, computed once).
     :ivar baseline_rss_bytes: resident memory of the worker before it loaded the variant.
+    :ivar base_model: the base model's folder, whose tokenizer every variant shares (task
+        evaluators format prompts and read answers with it).
     """
 
     token_ids: Sequence[int]
@@ -406,6 +408,7 @@ class EvalContext:
     reference_dir: Path | None = None
     seed: int = 0
     baseline_rss_bytes: int = 0
+    base_model: Path | None = None
     memo: dict[Any, Any] = field(default_factory=dict)
 
     def remember(self, key: Any, factory: Callable[[], Any]) -> Any:

@@ -568,6 +568,7 @@ class Runner:
                 "evaluators": todo,
                 "tokens_path": str(tokens),
                 "seed": self.config.seed,
+                "base_model": str(plan.base.path),
             }
             job["resources"] = {**self._memory(plan), **source_target.resources()}
             outcome = executor.run(job, f"reference-{tname}", self.config.step_timeout)
@@ -629,6 +630,7 @@ class Runner:
                 "evaluators": specs,
                 "tokens_path": str(tokens),
                 "seed": self.config.seed,
+                "base_model": str(plan.base.path),
             }
             job["resources"] = {**self._memory(plan), **target.resources()}
             outcome = executor.run(job, f"measure-{name}-{tname}", self.config.step_timeout)

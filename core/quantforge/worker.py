@@ -133,6 +133,7 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         dataset_fingerprint=tokens["fingerprint"],
         seed=job.get("seed", 0),
         baseline_rss_bytes=0,
+        base_model=Path(job["base_model"]) if job.get("base_model") else None,
     )
     runtime = None
     if any(e.needs_runtime for e, _ in evaluators) or job["mode"] == "reference":

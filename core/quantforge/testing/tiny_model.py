@@ -43,9 +43,14 @@ class TinyModelSpec:
     seed: int = 0
     # Llama-2 style: Metaspace pre-tokenizer and byte fallback, which llama.cpp's converter reads
     tokenizer: str = "llama-bpe-byte-fallback"
+    # "stdlib": Python's standard library; "toolcalls": the synthetic tool-calling corpus
+    corpus: str = "stdlib"
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True) + _corpus_signature()
+        fields = asdict(self)
+        if fields["corpus"] == "stdlib":
+            del fields["corpus"]  # keys from before the field existed stay valid
+        blob = json.dumps(fields, sort_keys=True) + _corpus_signature()
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -128,7 +133,12 @@ def _build(spec: TinyModelSpec, out: Path, log: Callable[[str], None]) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    text = training_text(spec.train_chars)
+    if spec.corpus == "toolcalls":
+        from quantforge.testing.toolcalls import training_text as toolcall_text
+
+        text = toolcall_text(spec.train_chars // 100, seed=spec.seed)
+    else:
+        text = training_text(spec.train_chars)
     started = time.perf_counter()
     # The layout of Llama 2's tokenizer.json: BPE over "▁"-joined words, unknown characters
     # fall back to <0xNN> byte tokens. llama.cpp's converter reads it as a "llama" vocab.
