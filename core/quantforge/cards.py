@@ -18,7 +18,7 @@ from typing import Any
 from quantforge.errors import ResultsError, UsageError
 from quantforge.interfaces import format_family
 from quantforge.results import ResultsStore, Row
-from quantforge.table import COLUMNS, bits_label, format_value
+from quantforge.table import COLUMNS, bits_label, column_order, format_value, title
 
 TEMPLATES = Path(__file__).parent / "card_templates"
 PLOT_FILE = "quantforge-tradeoffs.png"
@@ -145,7 +145,7 @@ class RunFacts:
     def task_metrics(self) -> list[str]:
         """Metrics outside the standard columns (task scores from task evaluators)."""
         known = set(COLUMNS) | {"weights_mb"}
-        return sorted({m for (_, _, m) in self.rows if m not in known})
+        return sorted({m for (_, _, m) in self.rows if m not in known}, key=column_order)
 
     def measuring_target(self, variant: str) -> str | None:
         """The measured target that scored this variant (for the family plot and index)."""
@@ -159,8 +159,8 @@ class RunFacts:
 
 
 def _cell(facts: RunFacts, variant: str, target: str, metric: str) -> str:
-    value = facts.value(variant, target, metric)
-    return NOT_MEASURED if value is None else format_value(metric, value)
+    row = facts.rows.get((variant, target, metric))
+    return NOT_MEASURED if row is None else format_value(metric, row.value, row.details)
 
 
 def _delta(facts: RunFacts, variant: str, target: str, metric: str, base: str) -> str:
@@ -168,8 +168,8 @@ def _delta(facts: RunFacts, variant: str, target: str, metric: str, base: str) -
     mine, theirs = facts.value(variant, target, metric), facts.value(base, target, metric)
     if mine is None or theirs is None or variant == base:
         return ""
-    if metric in ("kl_divergence", "top1_agreement"):
-        return ""  # already measured against the base
+    if metric in ("kl_divergence", "top1_agreement") or metric not in COLUMNS:
+        return ""  # measured against the base, or a task score whose base row shows counts
     if theirs == 0:
         return ""
     change = (mine - theirs) / theirs
@@ -487,7 +487,7 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
         steps=variant.steps,
         calibration=variant.calibration,
         mixed=mixed_precision(variant),
-        columns=[COLUMNS[m][0] for m in CARD_METRICS] + facts.task_metrics(),
+        columns=[title(m) for m in (*CARD_METRICS, *facts.task_metrics())],
         tables=tables,
         not_measured=not tables,
         fits=fit_lines(facts, name),

@@ -10,7 +10,7 @@ distributions differ rather than where their random streams did.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,3 +113,26 @@ def first_divergence(reference: Sequence[int], tokens: Sequence[int]) -> int | N
         if a != b:
             return index
     return None
+
+
+def prompt_tokens(
+    tokenizer: Any, text: str, tools: Sequence[Mapping[str, Any]] | None = None
+) -> list[int]:
+    """Token ids of a user message: through the tokenizer's chat template when it has one
+    (with ``tools`` in the OpenAI function layout, which chat templates render), else the
+    plain text with the tokenizer's special tokens."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": text}]
+        ids: Any = tokenizer.apply_chat_template(
+            messages, tools=list(tools) if tools else None, add_generation_prompt=True
+        )
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    else:
+        ids = tokenizer(text)["input_ids"]
+    return [int(i) for i in ids]
+
+
+def stop_tokens(tokenizer: Any) -> set[int]:
+    """The tokenizer's end-of-text ids."""
+    eos = tokenizer.eos_token_id
+    return set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())

@@ -423,9 +423,12 @@ class Evaluator(Component):
     :cvar needs_runtime: False for evaluators that only read files (size on disk).
     :cvar needs_reference: :meth:`prepare_reference` runs once on the base model first.
     :cvar order: evaluators of one variant run in ascending order (memory after speed).
+    :cvar by_default: runs when a run names no evaluators; False for those that need
+        inputs of their own or long generation (task evaluators), which are asked for.
     """
 
     needs_runtime: ClassVar[bool] = True
+    by_default: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
     order: ClassVar[int] = 50
 
@@ -438,6 +441,13 @@ class Evaluator(Component):
         context: EvalContext,
     ) -> list[Measurement]:
         """Measure ``artifact`` (loaded as ``runtime`` unless ``needs_runtime`` is False)."""
+
+    def check_inputs(self, options: Mapping[str, OptionValue]) -> str:
+        """Check what ``options`` name (case files, task names) before any compute, raising
+        :class:`~quantforge.errors.UsageError` with what is wrong; return a fingerprint of
+        those inputs (their content), which joins the cache keys of this evaluator's
+        measurements so that an edited case file is measured again. ``""``: no inputs."""
+        return ""
 
     def prepare_reference(
         self,

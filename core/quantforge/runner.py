@@ -135,15 +135,17 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
         raise RecipeError("no targets to measure on", hint='add targets = ["cpu"]')
     chosen = config.evaluators
     if chosen is None:
-        chosen = {name: {} for name in plugins.evaluators.names()}
+        chosen = {n: {} for n in plugins.evaluators.names() if plugins.evaluators.get(n).by_default}
     evaluators = []
     for name, given in chosen.items():
         evaluator = plugins.evaluators.get(name)
         evaluator.check_available()
         version = _version_of(plugins, plugins.evaluators.plugin_of(name), evaluator.version)
-        evaluators.append(
-            (evaluator, evaluator.options.resolve(f"evaluator {name}", given), version)
-        )
+        options = evaluator.options.resolve(f"evaluator {name}", given)
+        inputs = evaluator.check_inputs(options)
+        if inputs:
+            version = f"{version}; inputs {inputs}"
+        evaluators.append((evaluator, options, version))
     eval_text = config.eval_text or _builtin_eval_text(cache_dir)
     _check_text_file(eval_text, "evaluation text")
     base = resolve_model(config.model, config.revision, cache_dir)

@@ -20,7 +20,14 @@ from typing import Any
 
 from quantforge import artifacts
 from quantforge.errors import NotRunnableError, UsageError, one_line
-from quantforge.generation import Progress, Sampling, first_divergence, stream
+from quantforge.generation import (
+    Progress,
+    Sampling,
+    first_divergence,
+    prompt_tokens,
+    stop_tokens,
+    stream,
+)
 from quantforge.interfaces import Artifact, Quantizer, Runtime, Target
 from quantforge.space import MEMORY_OVERHEAD, TOKENIZER_DIR, Catalog, SpaceVariant
 
@@ -283,20 +290,13 @@ class SideBySide:
                 f"{self.limits.max_prompt_chars}",
                 hint="shorten it",
             )
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            ids: Any = tok.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-            )
-            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-        else:
-            ids = tok(text)["input_ids"]
+        ids = prompt_tokens(self.tokenizer, text)
         if len(ids) > self.limits.max_prompt_tokens:
             raise UsageError(
                 f"the prompt is {len(ids)} tokens; the limit is {self.limits.max_prompt_tokens}",
                 hint="shorten it",
             )
-        return [int(i) for i in ids]
+        return ids
 
     def check_request(self, names: Sequence[str], sampling: Sampling) -> None:
         if not names:
@@ -317,8 +317,7 @@ class SideBySide:
             )
 
     def stop_ids(self) -> set[int]:
-        eos = self.tokenizer.eos_token_id
-        return set(eos) if isinstance(eos, list) else ({eos} if eos is not None else set())
+        return stop_tokens(self.tokenizer)
 
     def compare(
         self, names: Sequence[str], prompt: str, sampling: Sampling

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,15 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 
 
+# Task scores (quantforge_tasks): titles and order; shown after the columns above.
+TASK_TITLES: dict[str, str] = {
+    "tool_json_valid": "JSON valid",
+    "tool_name_accuracy": "right tool",
+    "tool_args_exact": "exact args",
+    "tool_args_schema_valid": "schema-valid args",
+    "exact_match": "exact match",
+}
+
 # Kept in the store and in --json, left out of the printed table for width.
 HIDDEN = {"weights_mb"}
 
@@ -44,10 +54,11 @@ def tradeoff_tables(store: ResultsStore) -> list[Table]:
     targets = sorted({m.target for m in measurements} | {t for _, t in evaluations})
     tables = []
     for target in targets or ["-"]:
-        values = {(m.variant, m.metric): m.value for m in measurements if m.target == target}
+        here = {(m.variant, m.metric): m for m in measurements if m.target == target}
+        values = {key: m.value for key, m in here.items()}
         present = {metric for _, metric in values}
         known = [c for c in COLUMNS if c in present]
-        extra = sorted(present - set(COLUMNS) - HIDDEN)
+        extra = sorted(present - set(COLUMNS) - HIDDEN, key=column_order)
         rows = []
         for v in variants:
             ev = evaluations.get((v["name"], target))
@@ -74,6 +85,11 @@ def tradeoff_tables(store: ResultsStore) -> list[Table]:
                     "metrics": {
                         m: values[(v["name"], m)] for m in known + extra if (v["name"], m) in values
                     },
+                    "display": {
+                        m: format_value(m, here[(v["name"], m)].value, here[(v["name"], m)].details)
+                        for m in known + extra
+                        if (v["name"], m) in here
+                    },
                 }
             )
         kinds = {m.kind for m in measurements if m.target == target}
@@ -94,9 +110,24 @@ def bits_label(bits: float | None, precision: dict[str, Any] | None) -> str:
     return "-" if bits is None else f"{bits:g}"
 
 
-def format_value(metric: str, value: float | None) -> str:
+def column_order(metric: str) -> tuple[int, str]:
+    """Known task scores in their order, then the rest by name."""
+    order = list(TASK_TITLES)
+    return (order.index(metric) if metric in order else len(order), metric)
+
+
+def format_value(metric: str, value: float | None, details: Mapping[str, Any] | None = None) -> str:
+    """A value as the table shows it: a task score with counts as ``47/50``, an lm-eval
+    score as ``0.634 ± 0.012`` (its stderr)."""
     if value is None:
         return "-"
+    details = details or {}
+    passed, total = details.get("passed"), details.get("total")
+    if isinstance(passed, int) and isinstance(total, int) and total:
+        return f"{passed}/{total}"
+    stderr = details.get("stderr")
+    if metric not in COLUMNS and isinstance(stderr, int | float):
+        return f"{value:.4g} ± {stderr:.2g}"
     if metric == "fits":
         return "yes" if value >= 1 else "NO"
     fmt = COLUMNS.get(metric, (metric, "{:.4g}"))[1]
@@ -104,4 +135,4 @@ def format_value(metric: str, value: float | None) -> str:
 
 
 def title(metric: str) -> str:
-    return COLUMNS.get(metric, (metric, ""))[0]
+    return COLUMNS[metric][0] if metric in COLUMNS else TASK_TITLES.get(metric, metric)

@@ -7,18 +7,28 @@ A case is one JSONL line::
      "tools": [{"name": "get_weather", "parameters": {...JSON Schema...}}, ...],
      "expected": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}}
 
-Work in progress for issue 8: the evaluator that generates with a variant wraps this.
+A model may answer with ``arguments`` or ``parameters`` (Llama 3's spelling), inside any
+text (``<tool_call>...</tool_call>``): the first complete JSON object is the call.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from quantforge.errors import UsageError
+
+from quantforge_tasks.cases import CaseResult, read_jsonl
+
+PLAIN_PROMPT = "Tools: {tools}\nRequest: {request}\nCall:"
+
+
+def plain_prompt(tools: Sequence[dict[str, Any]], request: str) -> str:
+    """The prompt for a tokenizer without a chat template: tool names, request, "Call: "."""
+    return PLAIN_PROMPT.format(tools=", ".join(t["name"] for t in tools), request=request)
 
 
 @dataclass(frozen=True)
@@ -36,59 +46,12 @@ class ToolCase:
         return None
 
 
-@dataclass(frozen=True)
-class CaseScore:
-    line: int
-    output: str
-    json_valid: bool
-    name_ok: bool
-    args_exact: bool
-    args_valid: bool
-    stopped: bool  # ended by itself (not cut off by the token cap)
-
-    @property
-    def passed(self) -> bool:
-        return self.json_valid and self.name_ok and self.args_exact and self.args_valid
-
-
-@dataclass
-class LoadReport:
-    cases: list[ToolCase] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # "line 7: ..." per bad line
-
-
-def load_cases(path: Path, on_bad_lines: str = "refuse") -> LoadReport:
-    """Read a JSONL file of cases. Bad lines are named by number; ``refuse`` raises on
-    the first report, ``skip`` keeps the good ones and returns the problems."""
-    if on_bad_lines not in ("refuse", "skip"):
-        raise UsageError(f"on_bad_lines must be refuse or skip, not {on_bad_lines!r}")
-    report = LoadReport()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read tool-calling cases {str(path)!r}: {exc}") from None
-    for number, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            report.cases.append(_case(number, json.loads(text)))
-        except (ValueError, KeyError, TypeError) as exc:
-            report.problems.append(f"line {number}: {_why(exc)}")
-    if report.problems and on_bad_lines == "refuse":
-        raise UsageError(
-            f"{path}: {len(report.problems)} malformed lines ({'; '.join(report.problems[:3])})",
-            hint="fix them, or set on_bad_lines=skip to evaluate the rest",
-        )
-    if not report.cases:
-        raise UsageError(f"{path} holds no tool-calling cases")
-    check_schemas(report.cases)
-    return report
-
-
-def _why(exc: Exception) -> str:
-    if isinstance(exc, KeyError):
-        return f"missing key {exc}"
-    return str(exc).splitlines()[0]
+def load_cases(path: Path, on_bad_lines: str = "refuse") -> tuple[list[ToolCase], list[str]]:
+    """The cases of a JSONL file and the problems of skipped lines; tool schemas that are
+    not JSON Schema are refused, named by line."""
+    cases, problems = read_jsonl(path, _case, on_bad_lines, "tool-calling cases")
+    check_schemas(cases)
+    return cases, problems
 
 
 def _case(number: int, data: Any) -> ToolCase:
@@ -120,6 +83,17 @@ def check_schemas(cases: Iterable[ToolCase]) -> None:
                     f"JSON Schema ({exc.message})",
                     hint="fix the schema (https://json-schema.org)",
                 ) from None
+        schema = case.schema(case.expected["name"]) or {}
+        arguments = case.expected.get("arguments", {})
+        error = jsonschema.exceptions.best_match(
+            jsonschema.validators.validator_for(schema)(schema).iter_errors(arguments)
+        )
+        if error is not None:
+            raise UsageError(
+                f"line {case.line}: the expected arguments break the schema of tool "
+                f"{case.expected['name']!r} ({error.message})",
+                hint="fix the expected call or the schema",
+            )
 
 
 def extract_call(text: str) -> Any:
@@ -135,35 +109,39 @@ def extract_call(text: str) -> Any:
     return None
 
 
-def score(case: ToolCase, output: str, stopped: bool) -> CaseScore:
-    """Score one generated answer against the expected call."""
+CHECKS = ("tool_json_valid", "tool_name_accuracy", "tool_args_exact", "tool_args_schema_valid")
+
+
+def score(case: ToolCase, output: str, stopped: bool) -> CaseResult:
+    """Score one generated answer against the expected call. An answer cut off by the
+    token cap is not valid JSON, whatever it holds."""
     import jsonschema
 
     call = extract_call(output)
     valid = isinstance(call, dict) and stopped
     name = call.get("name") if isinstance(call, dict) else None
-    arguments = call.get("arguments") if isinstance(call, dict) else None
+    arguments = None
+    if isinstance(call, dict):
+        arguments = call.get("arguments", call.get("parameters"))
     name_ok = valid and name == case.expected["name"]
     exact = name_ok and arguments == case.expected.get("arguments", {})
     schema = case.schema(str(name)) if name_ok else None
     args_valid = False
     if name_ok and isinstance(arguments, dict) and schema is not None:
         args_valid = jsonschema.validators.validator_for(schema)(schema).is_valid(arguments)
-    return CaseScore(case.line, output, valid, name_ok, exact, args_valid, stopped)
+    checks = dict(zip(CHECKS, (valid, name_ok, exact, args_valid), strict=True))
+    return CaseResult(case.line, output, stopped, checks)
 
 
-def summarize(scores: Sequence[CaseScore]) -> dict[str, tuple[int, int]]:
-    """``{metric: (passed, total)}`` for json_valid, tool_name, args_exact, args_schema."""
-    total = len(scores)
-    return {
-        "tool_json_valid": (sum(s.json_valid for s in scores), total),
-        "tool_name_accuracy": (sum(s.name_ok for s in scores), total),
-        "tool_args_exact": (sum(s.args_exact for s in scores), total),
-        "tool_args_schema_valid": (sum(s.args_valid for s in scores), total),
-    }
+def prompt_ids(tokenizer: Any, case: ToolCase) -> list[int]:
+    """The request through the chat template with the tools (OpenAI function layout) when
+    the tokenizer has one that renders them; else the plain prompt (tool names, request)."""
+    from quantforge.generation import prompt_tokens
 
-
-def newly_failed(base: Sequence[CaseScore], variant: Sequence[CaseScore]) -> list[int]:
-    """Lines the base passes and the variant fails."""
-    passed = {s.line for s in base if s.passed}
-    return sorted(s.line for s in variant if s.line in passed and not s.passed)
+    if getattr(tokenizer, "chat_template", None):
+        tools = [{"type": "function", "function": tool} for tool in case.tools]
+        ids = prompt_tokens(tokenizer, case.request, tools)
+        rendered = tokenizer.decode(ids)
+        if all(tool["name"] in rendered for tool in case.tools):
+            return ids
+    return prompt_tokens(tokenizer, plain_prompt(case.tools, case.request))

@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="device target, e.g. cpu or rpi5,context=2048 (repeatable; default: cpu)",
     )
     p.add_argument(
-        "--evaluator", action="append", dest="evaluators", help="evaluator (default: all)"
+        "--evaluator",
+        action="append",
+        dest="evaluators",
+        metavar="NAME[,OPTION=VALUE...]",
+        help="evaluator, e.g. toolcalls or lmeval,tasks=arc_easy (repeatable; default: every "
+        "installed one that runs by default: size, speed, memory, perplexity, kl)",
     )
     p.add_argument("--eval-text", type=Path, help="evaluation text file (default: built-in sample)")
     _calibration_arguments(p)
@@ -257,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--all-methods",
         action="store_true",
         help="every installed method (GPTQ, AWQ, bnb, quanto, HQQ, torchao, RTN, mixed precision)",
+    )
+    p.add_argument(
+        "--tasks",
+        action="store_true",
+        help="a tiny model trained to call tools, scored on tool calling and lm-eval tasks "
+        "from 8-bit to 2-bit, in PyTorch and llama.cpp",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--serve", action="store_true", help="then serve the Space to try the variants")

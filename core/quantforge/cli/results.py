@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge.results import ResultsStore
-from quantforge.table import format_value, title, tradeoff_tables
+from quantforge.table import title, tradeoff_tables
 
 
 def results_json(run_dir: Path) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def print_tables(run_dir: Path) -> None:
         shown = [row for row in t.rows if row["status"] != "not runnable"]
         for row in shown:
             bits = row["bits_label"]
-            cells = [format_value(m, row["metrics"].get(m)) for m in t.columns]
+            cells = [row["display"].get(m, "-") for m in t.columns]
             table.add_row(row["variant"], row["method"], bits, *cells, row["status"])
         if shown:
             console.print(table)

@@ -35,6 +35,7 @@ ALL_METHODS_VARIANTS = [
     "torchao:int4",
     "qlora:nf4",
 ]
+TASKS_DEMO_VARIANTS = ["base", "rtn:int8", "quanto:int2", "llamacpp:q8_0", "llamacpp:q2_k"]
 # Mixed precision: the first and last blocks at 8 bits, the rest at 4.
 MIXED = {"overrides": r"layers\.0\.=8;layers\.3\.=8"}
 
@@ -138,10 +139,15 @@ def _calibration_from_args(args: argparse.Namespace) -> CalibrationSpec | None:
 
 def _target_arg(text: str) -> tuple[str, dict[str, str]]:
     """``rpi5`` or ``rpi5,context=2048``: a target and its options."""
+    return _named_options(text, "--target")
+
+
+def _named_options(text: str, flag: str) -> tuple[str, dict[str, str]]:
+    """``NAME[,OPTION=VALUE...]`` of ``--target`` and ``--evaluator``."""
     from quantforge.planner import parse_option_pairs
 
     name, *pairs = text.split(",")
-    return name.strip(), parse_option_pairs(pairs, f"--target {text!r}")
+    return name.strip(), parse_option_pairs(pairs, f"{flag} {text!r}")
 
 
 def quantize_command(args: argparse.Namespace) -> int:
@@ -164,7 +170,9 @@ def quantize_command(args: argparse.Namespace) -> int:
         variants=check_unique(with_base(variants)),
         output=args.out,
         targets=dict(_target_arg(t) for t in (args.targets or ["cpu"])),
-        evaluators={e: {} for e in args.evaluators} if args.evaluators else None,
+        evaluators=dict(_named_options(e, "--evaluator") for e in args.evaluators)
+        if args.evaluators
+        else None,
         eval_text=args.eval_text,
         calibration=_calibration_from_args(args),
         step_timeout=args.step_timeout,
@@ -207,16 +215,50 @@ def _builtin_calibration_file() -> Path:
     )
 
 
+def tasks_demo_config(model: Path, output: Path) -> RunConfig:
+    """The task demo: a tiny model trained to call tools, from 8-bit to 2-bit in PyTorch and
+    llama.cpp, scored on the built-in tool-calling cases and on two lm-eval tasks over
+    them (local files), beside size, speed and quality against the base."""
+    from quantforge_tasks.synthetic import LMEVAL_TASKS, training_text, write_lmeval_tasks
+
+    from quantforge.planner import parse_variant
+    from quantforge.runner import builtin_text_file, default_cache_dir
+
+    cache = default_cache_dir()
+    eval_text = builtin_text_file(cache, "toolcalls-eval.txt", training_text(400, seed=7))
+    tasks = write_lmeval_tasks(cache / "lmeval-tasks")
+    return RunConfig(
+        model=str(model),
+        variants=[parse_variant(v) for v in TASKS_DEMO_VARIANTS],
+        output=output,
+        targets={"cpu": {}, "llama.cpp": {}},
+        eval_text=eval_text,
+        evaluators={
+            "size": {},
+            "speed": {"prompt_tokens": 64, "new_tokens": 17, "repeats": 1},
+            "perplexity": {"window": 128, "stride": 64, "max_tokens": 4096},
+            "kl": {"window": 128, "stride": 64, "max_tokens": 4096},
+            "toolcalls": {},
+            "lmeval": {"tasks": "+".join(LMEVAL_TASKS), "include_path": str(tasks)},
+        },
+    )
+
+
 def demo_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from quantforge.testing.tiny_model import build_tiny_model
+    from quantforge.testing.tiny_model import TOOLCALL_MODEL, build_tiny_model
 
     console = Console(stderr=True)
+    spec = TOOLCALL_MODEL if args.tasks else None
     with console.status("building the tiny demo model (cached after the first time)...") as status:
-        model = build_tiny_model(log=lambda msg: status.update(f"tiny model: {msg}"))
+        model = build_tiny_model(spec, log=lambda msg: status.update(f"tiny model: {msg}"))
     console.print(f"tiny model: {model}")
-    code = _execute(demo_config(model, args.out, args.all_methods), args.json)
+    if args.tasks:
+        config = tasks_demo_config(model, args.out)
+    else:
+        config = demo_config(model, args.out, args.all_methods)
+    code = _execute(config, args.json)
     if code == 0 and args.serve:
         from quantforge.cli.space import serve
 

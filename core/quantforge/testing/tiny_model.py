@@ -21,6 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+CORPORA = {
+    "stdlib": "Python standard-library source",
+    "toolcalls": "a synthetic tool-calling corpus (requests and their JSON calls)",
+}
 # Held out from training: the evaluation text of the demo and tests.
 EVAL_MODULES = ("textwrap.py", "fractions.py")
 
@@ -51,7 +55,26 @@ class TinyModelSpec:
         if fields["corpus"] == "stdlib":
             del fields["corpus"]  # keys from before the field existed stay valid
         blob = json.dumps(fields, sort_keys=True) + _corpus_signature()
+        if self.corpus == "toolcalls":
+            from quantforge_tasks.synthetic import training_text as toolcall_text
+
+            blob += hashlib.sha256(
+                toolcall_text(self.train_chars // 100, self.seed).encode()
+            ).hexdigest()
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# A tiny model that calls tools: trained on the synthetic tool-calling corpus (answers only)
+# until the base solves most of the built-in held-out cases; task evaluators' tests and
+# `quantforge demo --tasks` use it.
+TOOLCALL_MODEL = TinyModelSpec(
+    corpus="toolcalls",
+    vocab_size=512,  # the corpus has fewer merges than 1024 tokens; llama.cpp needs all used
+    max_positions=256,
+    train_steps=300,
+    train_chars=400_000,
+    learning_rate=2e-3,
+)
 
 
 def _stdlib_dir() -> Path:
@@ -133,8 +156,10 @@ def _build(spec: TinyModelSpec, out: Path, log: Callable[[str], None]) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+    if spec.corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {spec.corpus!r}; known: {', '.join(CORPORA)}")
     if spec.corpus == "toolcalls":
-        from quantforge.testing.toolcalls import training_text as toolcall_text
+        from quantforge_tasks.synthetic import training_text as toolcall_text
 
         text = toolcall_text(spec.train_chars // 100, seed=spec.seed)
     else:
@@ -182,9 +207,22 @@ def _build(spec: TinyModelSpec, out: Path, log: Callable[[str], None]) -> None:
     )
     config = LlamaConfig(**shape)
     model = LlamaForCausalLM(config)
-    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    encoded = tokenizer(text, return_offsets_mapping=True)
+    ids = torch.tensor(encoded["input_ids"], dtype=torch.long)
+    labels = ids.clone()
+    if spec.corpus == "toolcalls":
+        # learn the answers only: copying arguments out of the request is the skill, and
+        # the requests' own words would drown it out at this budget
+        from quantforge_tasks.synthetic import answer_spans
+
+        inside = torch.zeros(len(text) + 1, dtype=torch.bool)
+        for start, end in answer_spans(text):
+            inside[start:end] = True
+        starts = torch.tensor([a for a, _ in encoded["offset_mapping"]], dtype=torch.long)
+        labels[~inside[starts]] = -100
     n_seq = (len(ids) - 1) // spec.seq_len
     data = ids[: n_seq * spec.seq_len].view(n_seq, spec.seq_len)
+    targets = labels[: n_seq * spec.seq_len].view(n_seq, spec.seq_len)
     generator = torch.Generator().manual_seed(spec.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -194,8 +232,7 @@ def _build(spec: TinyModelSpec, out: Path, log: Callable[[str], None]) -> None:
     started = time.perf_counter()
     for step in range(spec.train_steps):
         rows = torch.randint(0, n_seq, (spec.batch_size,), generator=generator)
-        batch = data[rows]
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = model(input_ids=data[rows], labels=targets[rows]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -209,8 +246,8 @@ def _build(spec: TinyModelSpec, out: Path, log: Callable[[str], None]) -> None:
     tokenizer.save_pretrained(out)
     (out / "README.md").write_text(
         "---\nlicense: apache-2.0\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n"
-        "# tiny-llama\n\nA tiny Llama trained by `quantforge.testing.build_tiny_model` on Python "
-        f"standard-library source for {spec.train_steps} steps. For tests and demos only.\n",
+        "# tiny-llama\n\nA tiny Llama trained by `quantforge.testing.build_tiny_model` on "
+        f"{CORPORA[spec.corpus]} for {spec.train_steps} steps. For tests and demos only.\n",
         encoding="utf-8",
     )
     (out / "quantforge-tiny.json").write_text(json.dumps(asdict(spec), indent=2), encoding="utf-8")
