@@ -24,10 +24,14 @@ class HQQQuantizer(Quantizer):
     extra = "hqq"
     options = OptionSet(
         [
-            Option("bits", int, 4, "weight bits", choices=[2, 3, 4, 8]),
+            Option("bits", int, 4, "weight bits", choices=[1, 2, 3, 4, 8]),
             Option("group_size", int, 64, "weights per scale/zero", choices=[16, 32, 64, 128, 256]),
         ],
-        presets={f"int{b}": {"bits": b} for b in (2, 3, 4, 8)},
+        # 1 bit only works with small groups (HQQ's own 1-bit models use 8 to 16)
+        presets={
+            **{f"int{b}": {"bits": b} for b in (2, 3, 4, 8)},
+            "int1": {"bits": 1, "group_size": 16},
+        },
     )
 
     def bits(self, options: Mapping[str, OptionValue]) -> float | None:

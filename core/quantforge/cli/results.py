@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge.results import ResultsStore
-from quantforge.table import title, tradeoff_tables
+from quantforge.table import COLUMNS, title, tradeoff_tables
 
 
 def results_json(run_dir: Path) -> dict[str, Any]:
@@ -39,22 +39,31 @@ def print_tables(run_dir: Path) -> None:
         console.width = max(console.width, 150)
     for t in tables:
         kind = {True: " (estimates from a device profile)", False: " (measured)", None: ""}
-        table = Table(title=f"{run['base_model'] if run else ''} on {t.target}{kind[t.estimated]}")
-        table.add_column("variant")
-        table.add_column("method")
-        table.add_column("bits", justify="right")
-        for metric in t.columns:
-            table.add_column(title(metric), justify="right")
-        table.add_column("status")
+        heading = f"{run['base_model'] if run else ''} on {t.target}"
         # rows of formats this target does not run are left out, and named in one line
         skipped = [row for row in t.rows if row["status"] == "not runnable"]
         shown = [row for row in t.rows if row["status"] != "not runnable"]
-        for row in shown:
-            bits = row["bits_label"]
-            cells = [row["display"].get(m, "-") for m in t.columns]
-            table.add_row(row["variant"], row["method"], bits, *cells, row["status"])
-        if shown:
-            console.print(table)
+        # task scores get a table of their own beside the trade-offs, for width
+        standard = [m for m in t.columns if m in COLUMNS]
+        tasks = [m for m in t.columns if m not in COLUMNS]
+        parts = [(f"{heading}{kind[t.estimated]}", standard, True)]
+        if tasks:
+            parts.append((f"{heading}: task scores", tasks, False))
+        for heading_, metrics, with_status in parts:
+            table = Table(title=heading_)
+            table.add_column("variant")
+            table.add_column("method")
+            table.add_column("bits", justify="right")
+            for metric in metrics:
+                table.add_column(title(metric), justify="right")
+            if with_status:
+                table.add_column("status")
+            for row in shown:
+                cells = [row["display"].get(m, "-") for m in metrics]
+                status = [row["status"]] if with_status else []
+                table.add_row(row["variant"], row["method"], row["bits_label"], *cells, *status)
+            if shown:
+                console.print(table)
         for row in shown:
             if row["error"]:
                 console.print(f"[red]{row['variant']}[/red]: {row['error']}")

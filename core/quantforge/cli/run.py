@@ -35,7 +35,14 @@ ALL_METHODS_VARIANTS = [
     "torchao:int4",
     "qlora:nf4",
 ]
-TASKS_DEMO_VARIANTS = ["base", "rtn:int8", "quanto:int2", "llamacpp:q8_0", "llamacpp:q2_k"]
+TASKS_DEMO_VARIANTS = [
+    "base",
+    "rtn:int8",
+    "quanto:int2",
+    "hqq:int1",
+    "llamacpp:q8_0",
+    "llamacpp:q2_k",
+]
 # Mixed precision: the first and last blocks at 8 bits, the rest at 4.
 MIXED = {"overrides": r"layers\.0\.=8;layers\.3\.=8"}
 
