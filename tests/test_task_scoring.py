@@ -113,3 +113,23 @@ def test_lm_eval_results_become_measurements_with_stderr_and_counts() -> None:
     assert found["toolgen/exact_match[strict]"].details["stderr"] is None
     assert format_value("x/f1", 0.61, {"stderr": 0.02}) == "0.61 ± 0.02"
     assert re.fullmatch(r"\d+", format_value("size_mb", 12.0, {}).split(".")[0])
+
+
+def test_tool_prompts_use_a_chat_template_that_renders_tools(tiny_model: Path) -> None:
+    from quantforge_tasks.toolcall import plain_prompt, prompt_ids
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    case = load_cases(Path(synthetic.BUILTIN_CASES))[0][0]
+    plain = tokenizer(plain_prompt(case.tools, case.request))["input_ids"]
+    assert prompt_ids(tokenizer, case) == plain  # no chat template: the plain prompt
+    tokenizer.chat_template = (
+        "{% for t in tools %}<tool>{{ t.function.name }}</tool>{% endfor %}"
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}[assistant]"
+    )
+    text = tokenizer.decode(prompt_ids(tokenizer, case))
+    assert "<tool>convert_currency</tool>" in text and f"[user] {case.request}" in text
+    # a template that ignores tools gets the plain prompt as the user message
+    tokenizer.chat_template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}"
+    text = tokenizer.decode(prompt_ids(tokenizer, case))
+    assert "[user] Tools: get_weather, set_timer, convert_currency" in text
