@@ -62,8 +62,10 @@ def test_methods_targets_evaluators_list_first_party_objects() -> None:
     # the CUDA target is listed everywhere and says why it cannot run on a machine without a GPU
     if not Path("/dev/nvidia0").exists():
         assert "no CUDA GPU" in targets["cuda"]["unavailable"]
-    evaluators = {e["name"] for e in json.loads(quantforge("evaluators", "--json").stdout)}
-    assert evaluators == {"size", "speed", "memory", "perplexity", "kl"}
+    evaluators = {e["name"]: e for e in json.loads(quantforge("evaluators", "--json").stdout)}
+    by_default = {name for name, e in evaluators.items() if e["by_default"]}
+    assert by_default == {"size", "speed", "memory", "perplexity", "kl"}
+    assert set(evaluators) - by_default == {"toolcalls", "exact-match", "lmeval"}
 
 
 def test_unknown_method_suggests(tiny_model: Path, tmp_path: Path) -> None:

@@ -83,6 +83,10 @@ def _describe(plugins: Plugins, kind: str) -> list[dict[str, Any]]:
             row["architectures"] = "any" if supported is None else sorted(supported)
         if kind == "targets":
             row.update(_target_facts(obj))
+        if kind == "evaluators":
+            row["by_default"] = obj.by_default
+            if not obj.by_default:
+                row["description"] += f" (ask for it: --evaluator {obj.name})"
         out.append(row)
     return out
 
