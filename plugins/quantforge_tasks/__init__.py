@@ -85,11 +85,9 @@ class GenerativeTask(Evaluator):
     def _run(
         self, runtime: Runtime, options: Mapping[str, OptionValue], context: EvalContext
     ) -> tuple[list[CaseResult], list[str]]:
-        from transformers import AutoTokenizer
+        from quantforge_tasks.generate import base_tokenizer
 
-        if context.base_model is None:
-            raise ValueError(f"{self.name} needs the base model's tokenizer (an older host?)")
-        tokenizer = AutoTokenizer.from_pretrained(context.base_model)
+        tokenizer = base_tokenizer(context, self.name)
         cases, problems = self.load(self.cases_path(options), options)
         if int(options["limit"]):
             cases = cases[: int(options["limit"])]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from quantforge.generation import Sampling, stop_tokens, stream
-from quantforge.interfaces import Runtime
+from quantforge.interfaces import EvalContext, Runtime
 
 
 def greedy(
@@ -24,3 +24,12 @@ def greedy(
         if progress.stopped == "end of text" or complete(text):
             return text, True
     return text, False
+
+
+def base_tokenizer(context: EvalContext, evaluator: str) -> Any:
+    """The base model's tokenizer, which every variant shares."""
+    from transformers import AutoTokenizer
+
+    if context.base_model is None:
+        raise ValueError(f"{evaluator} needs the base model's tokenizer (an older host?)")
+    return AutoTokenizer.from_pretrained(context.base_model)

@@ -272,13 +272,13 @@ class LmEval(Evaluator):
         context: EvalContext,
     ) -> list[Measurement]:
         import lm_eval
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
+
+        from quantforge_tasks.generate import base_tokenizer
 
         assert runtime is not None
-        if context.base_model is None:
-            raise ValueError("lmeval needs the base model's tokenizer (an older host?)")
         manager, names, _ = check_tasks(options)
-        tokenizer = AutoTokenizer.from_pretrained(context.base_model)
+        tokenizer = base_tokenizer(context, self.name)
         max_length = int(options["max_length"]) or int(
             getattr(AutoConfig.from_pretrained(context.base_model), "max_position_embeddings", 0)
             or 2048
