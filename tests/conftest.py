@@ -77,6 +77,14 @@ def tiny_model(cache_dir: Path) -> Path:
     return build_tiny_model(cache_dir=cache_dir / "tiny-models")
 
 
+@pytest.fixture(scope="session")
+def real_model(cache_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, built once per cache."""
+    from quantforge.testing import real_model as build
+
+    return build(cache_dir=cache_dir / "real-models")
+
+
 def make_plugin_dist(
     root: Path, module: str, source: str, *, entry: str | None = None, version: str = "0.0.1"
 ) -> Path:
@@ -128,15 +136,22 @@ Metrics = dict[tuple[str, str], dict[str, float]]
 
 
 def quantize_and_measure(
-    model: Path, out: Path, variants: list[str], *args: str, timeout: int = 1800
+    model: Path,
+    out: Path,
+    variants: list[str],
+    *args: str,
+    timeout: int = 1800,
+    evaluators: dict[str, list[str]] | None = None,
 ) -> Metrics:
-    """Run ``quantforge quantize`` with every measuring evaluator (it must succeed) and
-    return the stored values as ``{(variant, target): {metric: value}}``."""
+    """Run ``quantforge quantize`` with every measuring evaluator (or ``evaluators``, each
+    with its ``OPTION=VALUE`` list; it must succeed) and return the stored values as
+    ``{(variant, target): {metric: value}}``."""
     cmd = ["quantize", str(model), "--out", str(out), *args]
     for v in variants:
         cmd += ["-v", v]
-    for e in ("size", "speed", "perplexity", "kl"):
-        cmd += ["--evaluator", e]
+    chosen = evaluators or {e: [] for e in ("size", "speed", "perplexity", "kl")}
+    for e, options in chosen.items():
+        cmd += ["--evaluator", ",".join([e, *options])]
     done = quantforge(*cmd, timeout=timeout)
     assert done.returncode == 0, done.stdout + done.stderr
     data = json.loads(quantforge("results", str(out), "--json").stdout)

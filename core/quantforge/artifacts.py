@@ -63,13 +63,35 @@ def check_hf_folder(path: Path) -> None:
             hint="pass a local model folder or a Hub id such as org/name",
         )
     if not path.is_dir():
+        if path.suffix == ".gguf":
+            raise ModelSourceError(
+                f"model path {str(path)!r} is a GGUF file; quantforge builds variants from "
+                "Hugging Face weights",
+                hint=f"dequantize it once: `quantforge gguf-to-hf {path} --out DIR`, then pass DIR",
+            )
         raise ModelSourceError(f"model path {str(path)!r} is a file, not a model folder")
     if not os.access(path, os.R_OK | os.X_OK):
         raise ModelSourceError(f"model folder {str(path)!r} is not readable")
+    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    if ggufs and not (path / "config.json").is_file():
+        raise ModelSourceError(
+            f"model folder {str(path)!r} holds a GGUF file ({ggufs[0]}) and no Hugging Face "
+            "weights; quantforge builds variants from Hugging Face weights",
+            hint=f"dequantize it once: `quantforge gguf-to-hf {path / ggufs[0]} --out DIR`, "
+            "then pass DIR (or pass the model's original Hugging Face release)",
+        )
     if not (path / "config.json").is_file():
         raise ModelSourceError(
             f"model folder {str(path)!r} has no config.json",
             hint="point at the folder save_pretrained() wrote",
+        )
+    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    if ggufs and not any(p.suffix in (".safetensors", ".bin") for p in path.iterdir()):
+        raise ModelSourceError(
+            f"model folder {str(path)!r} holds GGUF weights only ({ggufs[0]}); quantforge "
+            "builds variants from Hugging Face weights",
+            hint=f"dequantize it once: `quantforge gguf-to-hf {path / ggufs[0]} --out DIR`, "
+            "then pass DIR (or pass the model's original Hugging Face release)",
         )
     if not any(p.suffix in (".safetensors", ".bin") for p in path.iterdir()):
         raise ModelSourceError(
@@ -80,6 +102,22 @@ def check_hf_folder(path: Path) -> None:
         file = path / name
         if file.exists() and not os.access(file, os.R_OK):
             raise ModelSourceError(f"{file} is not readable")
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Every tensor's shape in the ``*.safetensors`` files of ``path``, read from their JSON
+    headers (no torch, no weights read)."""
+    import struct
+
+    shapes: dict[str, list[int]] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        with file.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                shapes[name] = list(entry["shape"])
+    return shapes
 
 
 def copy_files(source: Path, output: Path, names: Iterable[str]) -> None:

@@ -305,6 +305,8 @@ def provenance(facts: RunFacts, variant: str) -> dict[str, Any]:
         "libraries": dict(sorted(libraries.items())),
         "base_revision": facts.run.get("base_revision") or f"sha256:{facts.run['base_hash']}",
         "eval_fingerprints": fingerprints,
+        "eval_text_source": facts.config.get("eval_text_source"),
+        "base_note": (facts.config.get("base_source") or {}).get("note"),
         "run_id": facts.run["run_id"],
         "measured_at": sorted({str(r.provenance.get("measured_at")) for r in rows}),
     }
@@ -328,7 +330,10 @@ def eval_results(facts: RunFacts, variant: str, dataset: str) -> list[Any]:
             EvalResult(
                 task_type="text-generation",
                 dataset_type=dataset,
-                dataset_name=f"quantforge evaluation text ({fingerprint[:19]})",
+                dataset_name=(
+                    f"{facts.config.get('eval_text_source') or 'quantforge evaluation text'} "
+                    f"({fingerprint[:19]})"
+                ),
                 metric_type=metric_type,
                 metric_name=metric_name,
                 metric_value=round(row.value, 6),

@@ -8,9 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# A long step's progress, as the worker last wrote it (see StepContext.progress).
+ProgressCallback = Callable[[dict[str, Any]], None]
+POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,16 +64,49 @@ def describe_exit(returncode: int, log: Path) -> str:
     return f"worker exited with status {returncode}" + (f": {detail}" if detail else "")
 
 
-def run_job(job: dict[str, Any], work_dir: Path, stem: str, timeout: float) -> JobOutcome:
+class ProgressWatcher:
+    """Reads the worker's ``STEM.progress.json`` when it changes and hands it on."""
+
+    def __init__(self, path: Path, callback: ProgressCallback | None) -> None:
+        self.path = path
+        self.callback = callback
+        self.seen: int | None = None
+        path.unlink(missing_ok=True)
+
+    def poll(self) -> None:
+        if self.callback is None:
+            return
+        try:
+            stamp = self.path.stat().st_mtime_ns
+            if stamp == self.seen:
+                return
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not written yet, or being replaced
+            return
+        self.seen = stamp
+        self.callback(data)
+
+
+def run_job(
+    job: dict[str, Any],
+    work_dir: Path,
+    stem: str,
+    timeout: float,
+    on_progress: ProgressCallback | None = None,
+) -> JobOutcome:
     """Run one job in a fresh ``python -m quantforge.worker`` beside ``work_dir``'s files
-    ``STEM.job.json``, ``STEM.result.json`` and ``STEM.log``; kill it at ``timeout``."""
+    ``STEM.job.json``, ``STEM.result.json``, ``STEM.log`` and ``STEM.progress.json``; kill it
+    at ``timeout``. ``on_progress`` gets what a long step reports, as it reports it."""
     work_dir.mkdir(parents=True, exist_ok=True)
     job_path = work_dir / f"{stem}.job.json"
     result_path = work_dir / f"{stem}.result.json"
     log_path = work_dir / f"{stem}.log"
+    watcher = ProgressWatcher(work_dir / f"{stem}.progress.json", on_progress)
+    job = {**job, "progress_path": str(watcher.path)}
     job_path.write_text(json.dumps(job), encoding="utf-8")
     result_path.unlink(missing_ok=True)
     started = time.perf_counter()
+    deadline = started + timeout
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "quantforge.worker", str(job_path), str(result_path)],
@@ -78,20 +116,24 @@ def run_job(job: dict[str, Any], work_dir: Path, stem: str, timeout: float) -> J
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        try:
-            code: int | None = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return JobOutcome(
-                None,
-                f"timed out after {timeout:g}s",
-                result_path,
-                log_path,
-                time.perf_counter() - started,
-            )
+        code: int | None = None
+        while code is None:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return JobOutcome(
+                    None,
+                    f"timed out after {timeout:g}s",
+                    result_path,
+                    log_path,
+                    time.perf_counter() - started,
+                )
+            try:
+                code = proc.wait(timeout=min(POLL_SECONDS, left))
+            except subprocess.TimeoutExpired:
+                watcher.poll()
     seconds = time.perf_counter() - started
-    assert code is not None
     failure = None if code == 0 else describe_exit(code, log_path)
     return JobOutcome(code, failure, result_path, log_path, seconds)
 
@@ -110,8 +152,14 @@ class LocalExecutor:
         self._count += 1
         return f"{self._count:03d}-{label}".replace("/", "_")
 
-    def run(self, job: dict[str, Any], label: str, timeout: float) -> JobOutcome:
-        return run_job(job, self.work_dir, self.stem(label), timeout)
+    def run(
+        self,
+        job: dict[str, Any],
+        label: str,
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobOutcome:
+        return run_job(job, self.work_dir, self.stem(label), timeout, on_progress)
 
     def close(self) -> None:
         """Nothing to release."""

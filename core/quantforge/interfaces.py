@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -34,24 +34,77 @@ def format_family(fmt: str) -> str:
 
 
 def model_widths(config: Mapping[str, Any]) -> dict[str, int]:
-    """Input widths of a decoder's linear layers, from ``config.json`` (for group-size checks)."""
+    """Input widths of a decoder's linear layers, from ``config.json`` (for group-size checks):
+    the hidden size, the MLP's intermediate size (and an MoE expert's), and the attention
+    output's input (heads x head_dim, which differs from the hidden size in Gemma and Qwen3)."""
+    text = config.get("text_config") or {}
+
+    def get(key: str) -> Any:
+        value = config.get(key)
+        return text.get(key) if value is None else value
+
     widths = {}
-    for key in ("hidden_size", "intermediate_size"):
-        value = config.get(key) or config.get("text_config", {}).get(key)
-        if isinstance(value, int):
+    for key in ("hidden_size", "intermediate_size", "moe_intermediate_size"):
+        value = get(key)
+        if isinstance(value, int) and value > 0:
             widths[key] = value
+    heads, head_dim = get("num_attention_heads"), get("head_dim")
+    if isinstance(heads, int) and isinstance(head_dim, int) and heads * head_dim > 0:
+        widths["num_attention_heads x head_dim"] = heads * head_dim
     return widths
 
 
-def check_group_size(method: str, group_size: int, config: Mapping[str, Any]) -> None:
-    """Refuse a group size that does not divide every linear layer's input width."""
+def fitting_group_size(width: int, group_size: int) -> int | None:
+    """The group size a weight whose rows are ``width`` wide gets under a default ``group_size``.
+
+    ``group_size`` itself when it divides ``width`` (or is 0 or -1, a whole row); else the
+    largest power of two below it, down to 16, that divides; else ``None``: the weight stays at
+    higher precision, as llama.cpp does with rows its block does not divide.
+    """
+    if group_size <= 0 or width % group_size == 0:
+        return group_size
+    size = 1 << (group_size.bit_length() - 1)
+    if size == group_size:
+        size //= 2
+    while size >= 16:
+        if width % size == 0:
+            return size
+        size //= 2
+    return None
+
+
+def dividing_group_sizes(
+    widths: Iterable[int], choices: Iterable[int] | None = None, limit: int = 1024
+) -> list[int]:
+    """Group sizes (multiples of 8, at most ``limit``, from ``choices`` when given) that divide
+    every width."""
+    values = list(widths)
+    candidates = [c for c in choices if c > 0] if choices is not None else range(8, limit + 1, 8)
+    return sorted(c for c in candidates if all(w % c == 0 for w in values))
+
+
+def check_group_size(
+    method: str,
+    group_size: int,
+    config: Mapping[str, Any],
+    choices: Iterable[int] | None = None,
+) -> None:
+    """Refuse a group size the user chose that does not divide every linear layer's input width.
+
+    Defaults do not come here: a method's default group size falls back per weight
+    (:func:`fitting_group_size`) and records what it did in its precision file.
+    """
     if group_size <= 0:
         return
-    for key, width in model_widths(config).items():
+    widths = model_widths(config)
+    for key, width in widths.items():
         if width % group_size:
+            fits = dividing_group_sizes(widths.values(), choices)
+            sizes = ", ".join(map(str, fits[:8])) or "none of its choices"
             raise UsageError(
                 f"{method}: group_size {group_size} does not divide the model's {key} ({width})",
-                hint="pick a group size that divides it, e.g. 32, 64 or 128",
+                hint=f"sizes that divide every width: {sizes}; or leave group_size unset and "
+                "the default falls back per weight",
             )
 
 
@@ -109,11 +162,19 @@ class StepContext:
     memo: dict[Any, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
     base_model: Path | None = None  # the HF folder the chain started from
+    # where the host reads progress from; set by the worker
+    report: Callable[[int, int, str], None] = lambda done, total, unit: None
 
     def remember(self, key: Any, factory: Callable[[], Any]) -> Any:
         if key not in self.memo:
             self.memo[key] = factory()
         return self.memo[key]
+
+    def progress(self, done: int, total: int, unit: str = "layers") -> None:
+        """Tell the host how far a long step is (``12`` of ``30`` ``layers``). The host shows
+        it with the elapsed time and an estimate of what is left, and passes it to ``--json``
+        consumers. Cheap; call it as often as is natural."""
+        self.report(done, total, unit)
 
 
 @dataclass(frozen=True)

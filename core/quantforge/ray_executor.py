@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from quantforge.errors import ExecutorError, MissingDependencyError, one_line
-from quantforge.executor import JobOutcome, LocalExecutor, run_job
+from quantforge.executor import (
+    JobOutcome,
+    LocalExecutor,
+    ProgressCallback,
+    ProgressWatcher,
+    run_job,
+)
 
 RETRIES = 1
 
@@ -100,13 +106,23 @@ class RayExecutor(LocalExecutor):
             self.started_here = True
         self.task = ray.remote(_run_on_node)
 
-    def run(self, job: dict[str, Any], label: str, timeout: float) -> JobOutcome:
+    def run(
+        self,
+        job: dict[str, Any],
+        label: str,
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobOutcome:
         stem = self.stem(label)
+        # the worker writes its progress into the shared work folder; the driver reads it
+        watcher = ProgressWatcher(self.work_dir / f"{stem}.progress.json", on_progress)
         options = ray_options(job.get("resources") or {"CPU": 1})
         ref = self.task.options(**options, max_retries=RETRIES).remote(
             job, str(self.work_dir), stem, timeout
         )
         try:
+            while not self.ray.wait([ref], timeout=1.0)[0]:
+                watcher.poll()
             outcome: JobOutcome = self.ray.get(ref)
             return outcome
         except self.ray.exceptions.RayError as exc:

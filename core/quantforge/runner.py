@@ -15,6 +15,7 @@ import platform
 import shutil
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from quantforge.calibration import fingerprint as calibration_fingerprint
 from quantforge.devices import DeviceProfile, footprint_from_config, footprint_of
 from quantforge.errors import QuantforgeError, RecipeError, UsageError
 from quantforge.executor import JobOutcome, LocalExecutor, make_executor
-from quantforge.interfaces import Artifact, Evaluator, Target
+from quantforge.gguf_base import SOURCE_FILE
+from quantforge.interfaces import Artifact, Evaluator, Target, check_group_size
 from quantforge.model_source import BaseModel, resolve_model
 from quantforge.planner import VariantPlan, needs_calibration, plan_variant
 from quantforge.plugins import Plugins, load_plugins
@@ -54,6 +56,12 @@ class Reporter:
     def note(self, text: str) -> None:
         """Something worth telling the user."""
 
+    def progress(
+        self, label: str, done: int, total: int, unit: str, elapsed: float, eta: float | None
+    ) -> None:
+        """A long step inside a unit reports how far it is (``12`` of ``30`` ``layers``,
+        seconds elapsed, seconds estimated to go or ``None``)."""
+
 
 @dataclass
 class Preflight:
@@ -66,6 +74,7 @@ class Preflight:
     eval_text: Path
     not_runnable: dict[tuple[str, str], str] = field(default_factory=dict)
     calibration: str | None = None  # fingerprint, when a step calibrates
+    eval_source: str = ""  # what the evaluation text is, in words (cards name it)
 
 
 @dataclass
@@ -101,10 +110,28 @@ def builtin_text_file(cache_dir: Path, name: str, text: str) -> Path:
     return path
 
 
-def _builtin_eval_text(cache_dir: Path) -> Path:
-    from quantforge.testing.tiny_model import evaluation_text
+def _base_source(path: Path) -> dict[str, Any] | None:
+    """What a base folder says about its own origin (a GGUF it was dequantized from)."""
+    file = path / SOURCE_FILE
+    try:
+        return dict(json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else None
+    except (OSError, ValueError):
+        return None
 
-    return builtin_text_file(cache_dir, "builtin-eval.txt", evaluation_text())
+
+def builtin_eval_text(cache_dir: Path, model: Path) -> tuple[Path, str]:
+    """The default evaluation text for ``model`` and where it comes from: a tiny model that
+    quantforge trained keeps its own held-out text; every other model is measured on English
+    prose (:mod:`quantforge.texts`)."""
+    if (model / "quantforge-tiny.json").is_file():
+        from quantforge.testing.tiny_model import evaluation_text
+
+        text = builtin_text_file(cache_dir, "builtin-eval.txt", evaluation_text())
+        return text, "held-out Python standard-library source (textwrap.py, fractions.py)"
+    from quantforge import texts
+
+    path = builtin_text_file(cache_dir, "builtin-prose-eval.txt", texts.prose_evaluation_text())
+    return path, f"held-out English prose: {texts.describe()}"
 
 
 def _check_text_file(path: Path, what: str) -> None:
@@ -146,9 +173,12 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
         if inputs:
             version = f"{version}; inputs {inputs}"
         evaluators.append((evaluator, options, version))
-    eval_text = config.eval_text or _builtin_eval_text(cache_dir)
-    _check_text_file(eval_text, "evaluation text")
     base = resolve_model(config.model, config.revision, cache_dir)
+    if config.eval_text is not None:
+        eval_text, eval_source = config.eval_text, f"the file {config.eval_text.name}"
+    else:
+        eval_text, eval_source = builtin_eval_text(cache_dir, base.path)
+    _check_text_file(eval_text, "evaluation text")
     base_key = _digest("base", base.identity)
     calibration = None
     calibrating = [s.method for s in config.variants if needs_calibration(plugins, s)]
@@ -168,13 +198,40 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
             method = plugins.methods.get(step.method)
             method.check_available()
             method.check_model(step.options, model_config)
+        _check_chosen_group_size(plugins, plan, model_config)
     _check_contexts(config, targets, model_config)
     not_runnable = {}
     for plan in plans:
         for name, (target, _) in targets.items():
             if not target.runs(plan.format):
                 not_runnable[(plan.spec.name, name)] = f"{name} does not run {plan.format} models"
-    return Preflight(base, plans, targets, evaluators, eval_text, not_runnable, calibration)
+    return Preflight(
+        base, plans, targets, evaluators, eval_text, not_runnable, calibration, eval_source
+    )
+
+
+def _check_chosen_group_size(
+    plugins: Plugins, plan: VariantPlan, model_config: Mapping[str, Any]
+) -> None:
+    """A ``group_size`` the user wrote must divide every width of the model; a method's
+    default may fall back per weight instead (and records it in its precision file)."""
+    if "group_size" not in plan.spec.options or not plan.steps:
+        return
+    step = plan.steps[-1]
+    try:
+        size = int(str(step.options.get("group_size")))
+    except ValueError:
+        return
+    option = next(
+        (o for o in plugins.methods.get(step.method).options.options if o.name == "group_size"),
+        None,
+    )
+    choices = (
+        [int(c) for c in option.choices if isinstance(c, int)]
+        if option is not None and option.choices
+        else None
+    )
+    check_group_size(step.method, size, model_config, choices)
 
 
 def _check_contexts(
@@ -253,7 +310,11 @@ class Runner:
             run_id,
             provenance.now(),
             {"ref": base.ref, "revision": base.revision, "content_hash": base.content_hash},
-            self.config.describe(),
+            {
+                **self.config.describe(),
+                "eval_text_source": plan.eval_source,
+                "base_source": _base_source(base.path),
+            },
         )
         summary = RunSummary(run_id, output, "running", {}, {})
         try:
@@ -416,7 +477,24 @@ class Runner:
             for vplan, i in members
         )
         job["resources"] = {**self._memory(plan), **({"GPU": 1} if gpu else {})}
-        outcome = executor.run(job, f"build-{label}", self.config.step_timeout * len(members))
+        names = {
+            vplan.steps[i].key: f"{vplan.spec.name}: {vplan.steps[i].method}"
+            for vplan, i in members
+        }
+
+        def progress(data: dict[str, Any]) -> None:
+            self.reporter.progress(
+                names.get(str(data.get("key")), label),
+                int(data.get("done", 0)),
+                int(data.get("total", 0)),
+                str(data.get("unit", "")),
+                float(data.get("elapsed_s", 0.0)),
+                None if data.get("eta_s") is None else float(data["eta_s"]),
+            )
+
+        outcome = executor.run(
+            job, f"build-{label}", self.config.step_timeout * len(members), progress
+        )
         reported = {line["key"]: line for line in outcome.lines()}
         for vplan, i in members:
             step = vplan.steps[i]

@@ -100,14 +100,20 @@ def tradeoff_tables(store: ResultsStore) -> list[Table]:
 
 
 def bits_label(bits: float | None, precision: dict[str, Any] | None) -> str:
-    """``4``, or ``4/8`` when a precision map shows several bit widths (mixed precision)."""
+    """``4``, ``4/8`` when a precision map shows several bit widths (mixed precision), and
+    ``4 (g128/64)`` when some layers fell back from the group size asked for."""
+    label = "-" if bits is None else f"{bits:g}"
     if precision:
         widths = sorted(
             {b for b in precision.get("modules", {}).values() if isinstance(b, int | float)}
         )
         if len(widths) > 1:
-            return "/".join(f"{b:.3g}" for b in widths)
-    return "-" if bits is None else f"{bits:g}"
+            label = "/".join(f"{b:.3g}" for b in widths)
+        fallbacks = precision.get("group_sizes") or {}
+        if fallbacks and precision.get("group_size"):
+            sizes = sorted({int(g) for g in fallbacks.values()}, reverse=True)
+            label += f" (g{precision['group_size']}/{'/'.join(map(str, sizes))})"
+    return label
 
 
 def column_order(metric: str) -> tuple[int, str]:

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,11 @@ def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         calibration=calibration,
         log=lambda msg: print(msg, flush=True),
     )
+    progress_path = Path(job["progress_path"]) if job.get("progress_path") else None
     for step in job["steps"]:
         context.base_model = Path(step["base_path"]) if step.get("base_path") else None
+        if progress_path is not None:
+            context.report = _progress_writer(progress_path, step["key"], step["method"])
         method = plugins.methods.get(step["method"])
         try:
             method.check_available()
@@ -60,6 +64,32 @@ def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         except Exception as exc:
             traceback.print_exc()
             _append(result, {"key": step["key"], "ok": False, "error": one_line(exc)})
+
+
+def _progress_writer(path: Path, key: str, method: str) -> Callable[[int, int, str], None]:
+    """Write a step's progress where the host polls it: done, total, elapsed and an estimate
+    of what is left (the mean time per unit so far), replaced atomically."""
+    import time
+
+    started = time.monotonic()
+
+    def write(done: int, total: int, unit: str) -> None:
+        elapsed = time.monotonic() - started
+        eta = elapsed / done * (total - done) if 0 < done <= total else None
+        record = {
+            "key": key,
+            "method": method,
+            "done": done,
+            "total": total,
+            "unit": unit,
+            "elapsed_s": round(elapsed, 1),
+            "eta_s": None if eta is None else round(eta, 1),
+        }
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        tmp.replace(path)
+
+    return write
 
 
 def tokenize(job: dict[str, Any], result: Path) -> None:

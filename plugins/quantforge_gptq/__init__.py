@@ -15,7 +15,7 @@ from typing import Any
 
 from quantforge import Artifact, Option, OptionSet, Quantizer, StepContext, hookimpl
 from quantforge.errors import UsageError
-from quantforge.interfaces import check_group_size, gpu_visible
+from quantforge.interfaces import gpu_visible
 from quantforge.options import OptionValue
 
 GROUP_SIZES = [-1, 32, 64, 128, 256, 512, 1024]
@@ -25,7 +25,8 @@ COMMON = [
         "group_size",
         int,
         128,
-        "input columns per scale (-1: one per output row)",
+        "input columns per scale (-1: one per output row; the default falls back per layer to "
+        "a power of two that divides its width)",
         choices=GROUP_SIZES,
     ),
     Option("batch_size", int, 4, "calibration rows per forward", min=1, max=256),
@@ -51,7 +52,6 @@ class _GPTQModelMethod(Quantizer):
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         super().check_model(options, config)
-        check_group_size(self.name, int(options["group_size"]), config)
         if options["device"] == "cuda" and not gpu_visible():
             raise UsageError(
                 f"{self.name}: device 'cuda' was asked for, and this machine has no visible GPU",

@@ -14,8 +14,9 @@ from typing import Any
 
 from quantforge.artifacts import PRECISION_FILE, copy_tokenizer_files
 from quantforge.interfaces import StepContext
+from quantforge.layer_progress import blocks_progress
 from quantforge.options import OptionValue
-from quantforge.overrides import Rule
+from quantforge.overrides import Rule, bits_for
 from quantforge.overrides import parse_overrides as parse_rules
 
 
@@ -54,18 +55,61 @@ def parse_overrides(method: str, text: str) -> list[Rule]:
     return parse_rules(method, text, (2, 3, 4, 8))
 
 
-def _dynamic(rules: list[Rule]) -> dict[str, dict[str, Any]] | None:
-    """GPTQModel's ``dynamic`` overrides: ``-:regex`` skips a module, ``+:regex`` changes its bits."""
-    if not rules:
-        return None
-    dynamic: dict[str, dict[str, Any]] = {}
-    for pattern, bits in rules:
+def _dynamic(
+    rules: list[Rule], fallbacks: Mapping[str, int] | None = None
+) -> dict[str, dict[str, Any]] | None:
+    """GPTQModel's ``dynamic`` overrides: ``-:regex`` skips a module, ``+:regex`` changes its
+    bits or group size. GPTQModel applies the first pattern that matches a module, so the
+    per-layer group-size fallbacks come first, each carrying the bits the rules give it."""
+    settings: dict[str, dict[str, Any]] = {}
+    for name, group in (fallbacks or {}).items():
+        bits = bits_for(name, rules, 0)
+        if bits is not None:  # a skipped module is handled by the rule's "-:" entry below
+            settings[name] = {"group_size": group, **({"bits": bits} if bits else {})}
+    dynamic = {f"+:{pattern}": value for pattern, value in _patterns(settings).items()}
+    for pattern, rule_bits in rules:
         regex = f".*{pattern}.*" if not pattern.startswith("^") else pattern
-        if bits is None:
+        if rule_bits is None:
             dynamic[f"-:{regex}"] = {}
         else:
-            dynamic[f"+:{regex}"] = {"bits": bits}
-    return dynamic
+            dynamic[f"+:{regex}"] = {"bits": rule_bits}
+    return dynamic or None
+
+
+def _patterns(settings: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{module: settings}`` -> anchored regexes: one per block-independent name
+    (``model\\.layers\\.\\d+\\.self_attn\\.q_proj``) where every block has the same settings,
+    else one per module."""
+    by_shape: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, value in settings.items():
+        by_shape.setdefault(re.sub(r"\.\d+\.", ".#.", name), {})[name] = value
+    patterns: dict[str, dict[str, Any]] = {}
+    for shape, members in sorted(by_shape.items()):
+        values = list(members.values())
+        if all(v == values[0] for v in values):
+            escaped = re.escape(shape).replace("\\#", "#").replace("#", "\\d+")
+            patterns[f"^{escaped}$"] = values[0]
+        else:
+            for name, value in sorted(members.items()):
+                patterns[f"^{re.escape(name)}$"] = value
+    return patterns
+
+
+def group_fallbacks(source: Path, group_size: int) -> dict[str, int]:
+    """Decoder-block linear layers whose input width ``group_size`` does not divide, with the
+    group size each falls back to (from the safetensors headers; no weights read)."""
+    from quantforge.artifacts import safetensors_shapes
+    from quantforge.interfaces import fitting_group_size
+
+    fallbacks: dict[str, int] = {}
+    for key, shape in safetensors_shapes(source).items():
+        if not key.endswith(".weight") or len(shape) != 2 or ".layers." not in key:
+            continue
+        size = fitting_group_size(shape[1], group_size)
+        if size != group_size:
+            # no power of two fits: one group per row (GPTQ's -1) keeps it 4-bit
+            fallbacks[key.removesuffix(".weight")] = -1 if size is None else size
+    return fallbacks
 
 
 def precision_map(output: Path, default_bits: int) -> dict[str, Any]:
@@ -115,11 +159,19 @@ def run_gptqmodel(
     if context.calibration is None:
         raise RuntimeError(f"{method} needs calibration rows")
     bits = int(options["bits"])
+    group_size = int(options["group_size"])
     rules = parse_overrides(method, str(options["overrides"]))
+    fallbacks = group_fallbacks(source, group_size)
+    if fallbacks:
+        sizes = "/".join(str(g) for g in sorted(set(fallbacks.values())))
+        context.log(
+            f"{method}: group size {group_size} does not divide the input width of "
+            f"{len(fallbacks)} layers; they use group size {sizes}"
+        )
     common: dict[str, Any] = {
         "bits": bits,
-        "group_size": int(options["group_size"]),
-        "dynamic": _dynamic(rules),
+        "group_size": group_size,
+        "dynamic": _dynamic(rules, fallbacks),
     }
     if method == "awq":
         config = QuantizeConfig(quant_method="awq", format="gemm", sym=False, **common)
@@ -134,11 +186,18 @@ def run_gptqmodel(
         backend = BACKEND.AUTO
     context.log(f"{method}: {len(context.calibration.samples)} calibration rows, config {common}")
     model = GPTQModel.load(str(source), config, device=str(options["device"]))
-    model.quantize(
-        context.calibration.as_dicts(), batch_size=int(options["batch_size"]), backend=backend
-    )
+    with blocks_progress(model.model, context):
+        model.quantize(
+            context.calibration.as_dicts(), batch_size=int(options["batch_size"]), backend=backend
+        )
     model.save(str(output))
     copy_tokenizer_files(source, output)
-    (output / PRECISION_FILE).write_text(
-        json.dumps(precision_map(output, bits), indent=2), encoding="utf-8"
-    )
+    precision = precision_map(output, bits)
+    if fallbacks:
+        precision["group_size"] = group_size
+        precision["group_sizes"] = dict(sorted(fallbacks.items()))
+        precision["fallback"] = (
+            f"group size {group_size} does not divide {len(fallbacks)} layers' input width: "
+            "those use the largest power of two that does"
+        )
+    (output / PRECISION_FILE).write_text(json.dumps(precision, indent=2), encoding="utf-8")

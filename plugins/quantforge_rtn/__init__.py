@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import Artifact, Option, OptionSet, Quantizer, StepContext, hookimpl
-from quantforge.interfaces import check_group_size
 from quantforge.options import OptionValue
 
 
@@ -28,7 +27,15 @@ class RTNQuantizer(Quantizer):
     options = OptionSet(
         [
             Option("bits", int, 4, "weight bits", choices=[4, 8]),
-            Option("group_size", int, 128, "input columns sharing one scale", min=16, max=8192),
+            Option(
+                "group_size",
+                int,
+                128,
+                "input columns sharing one scale (the default falls back per layer to a power "
+                "of two that divides its width)",
+                min=16,
+                max=8192,
+            ),
             Option("symmetric", bool, True, "symmetric (no zero point)"),
             Option(
                 "skip",
@@ -51,7 +58,6 @@ class RTNQuantizer(Quantizer):
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         super().check_model(options, config)
-        check_group_size(self.name, int(options["group_size"]), config)
         from quantforge.overrides import parse_overrides
 
         parse_overrides(self.name, str(options["overrides"]), (4, 8))

@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 from quantforge.artifacts import PRECISION_FILE, copy_tokenizer_files
-from quantforge.errors import OptionError
-from quantforge.interfaces import StepContext
+from quantforge.interfaces import StepContext, fitting_group_size
 from quantforge.options import OptionValue
 from quantforge.overrides import Rule, bits_for, parse_overrides
 from safetensors.torch import load_file, save_file
@@ -84,23 +83,41 @@ class RTNLinear(nn.Module):
 
 def _targets(
     model: nn.Module, skip: list[str], group_size: int, rules: list[Rule], bits: int
-) -> dict[str, int]:
-    """Linear layers to quantize, with their bits (mixed precision rules applied)."""
+) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    """Linear layers to quantize with their bits (mixed precision rules applied), the group
+    size of those whose width ``group_size`` does not divide, and the layers kept in full
+    precision because no group size fits (or because they share their weight with another
+    module: a tied ``lm_head``)."""
     chosen: dict[str, int] = {}
+    groups: dict[str, int] = {}
+    kept: list[str] = []
+    shared = _shared_weights(model)
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or any(name.endswith(s) for s in skip):
             continue
         module_bits = bits_for(name, rules, bits)
         if module_bits is None:
             continue
-        if module.in_features % group_size:
-            raise OptionError(
-                "rtn",
-                "group_size",
-                f"must divide {name}'s {module.in_features} input columns, got {group_size}",
-            )
+        size = fitting_group_size(module.in_features, group_size)
+        if size is None or f"{name}.weight" in shared:
+            kept.append(name)
+            continue
+        if size != group_size:
+            groups[name] = size
         chosen[name] = module_bits
-    return chosen
+    return chosen, groups, kept
+
+
+def _shared_weights(model: nn.Module) -> set[str]:
+    """Names of tensors that share storage with an earlier one (tied embeddings)."""
+    seen: set[int] = set()
+    shared: set[str] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        ptr = tensor.data_ptr()
+        if ptr in seen:
+            shared.add(name)
+        seen.add(ptr)
+    return shared
 
 
 def quantize_folder(
@@ -120,12 +137,16 @@ def quantize_folder(
     # Several RTN variants of one base in one worker load the base once.
     base = context.remember(("hf-model", str(source)), load_base)
     model = copy.deepcopy(base)
-    targets = _targets(model, skip, group_size, rules, bits)
+    targets, groups, kept = _targets(model, skip, group_size, rules, bits)
+    shared = _shared_weights(model)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         module = name.rsplit(".", 1)[0]
+        if name in shared:
+            continue  # a tied weight is stored once; tie_weights() restores it on load
         if module in targets and name.endswith(".weight"):
-            packed = quantize_weight(tensor, targets[module], group_size, symmetric)
+            size = groups.get(module, group_size)
+            packed = quantize_weight(tensor, targets[module], size, symmetric)
             for key, value in packed.items():
                 tensors[f"{module}.{key}"] = value
         else:
@@ -134,25 +155,39 @@ def quantize_folder(
     model.config.save_pretrained(output)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(output)
-    (output / CONFIG_FILE).write_text(
-        json.dumps(
-            {
-                "bits": bits,
-                "group_size": group_size,
-                "symmetric": symmetric,
-                "modules": dict(sorted(targets.items())),
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
-    )
+    spec: dict[str, Any] = {
+        "bits": bits,
+        "group_size": group_size,
+        "symmetric": symmetric,
+        "modules": dict(sorted(targets.items())),
+    }
+    if groups:
+        spec["group_sizes"] = dict(sorted(groups.items()))
+    (output / CONFIG_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Embedding)]
-    precision = {n: targets.get(n, "unquantized") for n in sorted(linear)}
-    (output / PRECISION_FILE).write_text(
-        json.dumps({"default_bits": bits, "modules": precision}, indent=2), encoding="utf-8"
-    )
+    precision: dict[str, Any] = {
+        "default_bits": bits,
+        "group_size": group_size,
+        "modules": {n: targets.get(n, "unquantized") for n in sorted(linear)},
+    }
+    if groups:
+        precision["group_sizes"] = dict(sorted(groups.items()))
+        precision["fallback"] = (
+            f"group size {group_size} does not divide {len(groups)} layers' input width: "
+            "those use the largest power of two that does"
+        )
+    (output / PRECISION_FILE).write_text(json.dumps(precision, indent=2), encoding="utf-8")
     copy_tokenizer_files(source, output)
-    context.log(f"rtn: {len(targets)} linear layers at {bits} bits, group {group_size}")
+    fallback = sorted(set(groups.values()))
+    context.log(
+        f"rtn: {len(targets)} linear layers at {bits} bits, group {group_size}"
+        + (
+            f" ({len(groups)} at group {'/'.join(map(str, fallback))}: {group_size} does not divide them)"
+            if groups
+            else ""
+        )
+        + (f"; kept in full precision: {', '.join(kept)}" if kept else "")
+    )
 
 
 def load_quantized(path: Path) -> Any:
@@ -176,7 +211,7 @@ def load_quantized(path: Path) -> Any:
                 old.in_features,
                 old.out_features,
                 module_bits,
-                spec["group_size"],
+                spec.get("group_sizes", {}).get(name, spec["group_size"]),
                 old.bias is not None,
             ),
         )

@@ -255,13 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_lazy("quantforge.cli.space", "serve_command"))
 
     p = sub.add_parser(
-        "demo", help="tiny model -> fp, RTN int4, bnb NF4, bnb int8 -> measured table"
+        "demo",
+        help="SmolLM2-135M-Instruct -> RTN int4, bnb NF4, GGUF Q8_0 and Q4_K_M -> measured on "
+        "cpu and llama.cpp, with a Raspberry Pi 5 estimate",
     )
     p.add_argument("--out", type=Path, default=Path("quantforge-demo"), help="output folder")
     p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the tiny test model instead (fp, RTN int4, bnb NF4, bnb int8; fastest)",
+    )
+    p.add_argument(
         "--all-methods",
         action="store_true",
-        help="every installed method (GPTQ, AWQ, bnb, quanto, HQQ, torchao, RTN, mixed precision)",
+        help="every installed method (GPTQ, AWQ, bnb, quanto, HQQ, torchao, RTN, mixed "
+        "precision), on the tiny model",
     )
     p.add_argument(
         "--tasks",
@@ -273,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true", help="then serve the Space to try the variants")
     _serve_arguments(p)
     p.set_defaults(handler=_lazy("quantforge.cli.run", "demo_command"))
+
+    p = sub.add_parser(
+        "gguf-to-hf",
+        help="dequantize a GGUF file into a Hugging Face folder that quantforge can start from",
+    )
+    p.add_argument("gguf", type=Path, help="the .gguf file")
+    p.add_argument("--out", type=Path, required=True, help="the folder to write (must not exist)")
+    p.set_defaults(handler=_lazy("quantforge.cli.gguf", "gguf_to_hf_command"))
     return parser
 
 

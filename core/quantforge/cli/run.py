@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,12 @@ from quantforge.recipe import RunConfig, check_unique, load_recipe, with_base
 from quantforge.runner import Reporter, RunSummary
 from quantforge.runner import run as run_config
 
-DEMO_VARIANTS = ["base", "rtn:int4", "bnb:nf4", "bnb:int8"]
+# The demo: a real instruct model, measured in PyTorch and llama.cpp, estimated on a Pi 5.
+DEMO_VARIANTS = ["base", "rtn:int4", "bnb:nf4", "llamacpp:q8_0", "llamacpp:q4_k_m"]
+DEMO_TARGETS: dict[str, dict[str, Any]] = {"cpu": {}, "llama.cpp": {}, "rpi5": {}}
+TINY_DEMO_VARIANTS = ["base", "rtn:int4", "bnb:nf4", "bnb:int8"]
 ALL_METHODS_VARIANTS = [
-    *DEMO_VARIANTS,
+    *TINY_DEMO_VARIANTS,
     "rtn:int8",
     "bnb:fp4",
     "gptq:int8",
@@ -47,15 +51,26 @@ TASKS_DEMO_VARIANTS = [
 MIXED = {"overrides": r"layers\.0\.=8;layers\.3\.=8"}
 
 
-class RichReporter(Reporter):
-    """Draws each stage as a rich progress bar."""
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
-    def __init__(self) -> None:
+
+class RichReporter(Reporter):
+    """Draws each stage as a rich progress bar, and a long step's own progress under it.
+
+    With ``as_json`` a step's progress also goes to stderr as one JSON object a line
+    (``{"event": "progress", ...}``), for programs that drive quantforge.
+    """
+
+    def __init__(self, as_json: bool = False) -> None:
         from rich.console import Console
 
         self.console = Console(stderr=True)
-        self.progress: Any = None
+        self.as_json = as_json
+        self._bars: Any = None
         self.task: Any = None
+        self.inner: dict[str, Any] = {}
 
     def stage(self, title: str, total: int) -> None:
         from rich.progress import (
@@ -67,7 +82,7 @@ class RichReporter(Reporter):
         )
 
         self.close()
-        self.progress = Progress(
+        self._bars = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -75,29 +90,57 @@ class RichReporter(Reporter):
             console=self.console,
             transient=False,
         )
-        self.progress.start()
-        self.task = self.progress.add_task(title, total=total)
+        self._bars.start()
+        self.task = self._bars.add_task(title, total=total)
 
     def advance(self, label: str, status: str) -> None:
-        if self.progress is not None:
-            self.progress.advance(self.task)
+        if self._bars is not None:
+            inner = self.inner.pop(label, None)
+            if inner is not None:
+                self._bars.remove_task(inner)
+            self._bars.advance(self.task)
             # a variant a target does not run is expected: the results table names them once
             if status not in ("ok", "cached", "not runnable"):
-                self.progress.console.print(f"  {label}: {status}")
+                self._bars.console.print(f"  {label}: {status}")
 
     def note(self, text: str) -> None:
         self.console.print(f"[yellow]{text}[/yellow]")
 
+    def progress(
+        self, label: str, done: int, total: int, unit: str, elapsed: float, eta: float | None
+    ) -> None:
+        if self.as_json:
+            record = {
+                "event": "progress",
+                "step": label,
+                "done": done,
+                "total": total,
+                "unit": unit,
+                "elapsed_s": elapsed,
+                "eta_s": eta,
+            }
+            print(json.dumps(record), file=sys.stderr, flush=True)
+        if self._bars is None:
+            return
+        left = f", ~{_duration(eta)} left" if eta is not None else ""
+        text = f"  {label}: {done}/{total} {unit}, {_duration(elapsed)}{left}"
+        task = self.inner.get(label)
+        if task is None:
+            self.inner[label] = self._bars.add_task(text, total=total or None, completed=done)
+        else:
+            self._bars.update(task, description=text, total=total or None, completed=done)
+
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self._bars is not None:
+            self._bars.stop()
+            self._bars = None
+            self.inner.clear()
 
 
 def _execute(config: RunConfig, as_json: bool) -> int:
     from quantforge.cli.results import print_tables, results_json
 
-    reporter = RichReporter()
+    reporter = RichReporter(as_json)
     try:
         summary: RunSummary = run_config(config, reporter=reporter)
     finally:
@@ -190,9 +233,11 @@ def quantize_command(args: argparse.Namespace) -> int:
 
 
 def demo_config(model: Path, output: Path, all_methods: bool = False) -> RunConfig:
+    """The tiny-model demo (``--tiny``), or every method on the tiny model (``--all-methods``)."""
     from quantforge.planner import VariantSpec, parse_variant
 
-    variants = [parse_variant(v) for v in (ALL_METHODS_VARIANTS if all_methods else DEMO_VARIANTS)]
+    names = ALL_METHODS_VARIANTS if all_methods else TINY_DEMO_VARIANTS
+    variants = [parse_variant(v) for v in names]
     calibration = None
     if all_methods:
         variants.append(VariantSpec("gptq-int4-mixed", "gptq", "int4", MIXED))
@@ -209,6 +254,29 @@ def demo_config(model: Path, output: Path, all_methods: bool = False) -> RunConf
             "memory": {},
             "perplexity": {"window": 256, "stride": 128, "max_tokens": 2048},
             "kl": {"window": 256, "stride": 128, "max_tokens": 2048},
+        },
+    )
+
+
+# Windows over the prose for the real model: 1,024 tokens scored, 512 of context at most.
+REAL_WINDOWS = {"window": 512, "stride": 256, "max_tokens": 1024}
+
+
+def real_demo_config(model: Path, output: Path) -> RunConfig:
+    """The default demo: SmolLM2-135M-Instruct, 4-bit in PyTorch and GGUF, on English prose."""
+    from quantforge.planner import parse_variant
+
+    return RunConfig(
+        model=str(model),
+        variants=[parse_variant(v) for v in DEMO_VARIANTS],
+        output=output,
+        targets=dict(DEMO_TARGETS),
+        evaluators={
+            "size": {},
+            "speed": {"prompt_tokens": 128, "new_tokens": 33, "repeats": 2},
+            "memory": {},
+            "perplexity": dict(REAL_WINDOWS),
+            "kl": dict(REAL_WINDOWS),
         },
     )
 
@@ -254,17 +322,26 @@ def tasks_demo_config(model: Path, output: Path) -> RunConfig:
 def demo_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from quantforge.testing.tiny_model import TOOLCALL_MODEL, build_tiny_model
-
     console = Console(stderr=True)
-    spec = TOOLCALL_MODEL if args.tasks else None
-    with console.status("building the tiny demo model (cached after the first time)...") as status:
-        model = build_tiny_model(spec, log=lambda msg: status.update(f"tiny model: {msg}"))
-    console.print(f"tiny model: {model}")
-    if args.tasks:
-        config = tasks_demo_config(model, args.out)
+    if args.tasks or args.tiny or args.all_methods:
+        from quantforge.testing.tiny_model import TOOLCALL_MODEL, build_tiny_model
+
+        spec = TOOLCALL_MODEL if args.tasks else None
+        with console.status("building the tiny demo model (cached after the first time)...") as s:
+            model = build_tiny_model(spec, log=lambda msg: s.update(f"tiny model: {msg}"))
+        console.print(f"tiny model: {model}")
+        if args.tasks:
+            config = tasks_demo_config(model, args.out)
+        else:
+            config = demo_config(model, args.out, args.all_methods)
     else:
-        config = demo_config(model, args.out, args.all_methods)
+        from quantforge.testing.real_model import REAL_MODELS, real_model
+
+        spec_real = REAL_MODELS["smollm2-135m-instruct"]
+        with console.status(f"preparing {spec_real.title} (cached after the first time)...") as s:
+            model = real_model(log=lambda msg: s.update(f"{spec_real.title}: {msg}"))
+        console.print(f"{spec_real.describe()}: {model}")
+        config = real_demo_config(model, args.out)
     code = _execute(config, args.json)
     if code == 0 and args.serve:
         from quantforge.cli.space import serve

@@ -1,4 +1,4 @@
-"""The plugin authoring kit: a tiny-model builder and conformance checks.
+"""The plugin authoring kit: a tiny-model builder, a real model, and conformance checks.
 
 Importing this module is cheap; torch is imported only when a model is built
 or a check runs.
@@ -12,6 +12,7 @@ from quantforge.testing.conformance import (
     check_target,
     tiny_calibration,
 )
+from quantforge.testing.real_model import REAL_MODELS, real_model
 from quantforge.testing.tiny_model import (
     TinyModelSpec,
     build_tiny_model,
@@ -20,6 +21,7 @@ from quantforge.testing.tiny_model import (
 )
 
 __all__ = [
+    "REAL_MODELS",
     "TinyModelSpec",
     "build_tiny_model",
     "calibration_text",
@@ -29,5 +31,6 @@ __all__ = [
     "check_quantizer",
     "check_target",
     "evaluation_text",
+    "real_model",
     "tiny_calibration",
 ]

@@ -1,0 +1,79 @@
+"""Built-in English prose for evaluating and calibrating real models, offline.
+
+The text is the Python Language Reference as CPython ships it in every
+installation (``pydoc_data.topics``: the documentation that ``help("naming")``
+prints), under the PSF License 2.0, which allows redistribution. Its hard-wrapped
+lines are joined into paragraphs. A few narrative chapters are the evaluation text;
+every other chapter is calibration text, minus any paragraph the evaluation text
+holds, so the two never overlap.
+
+Tiny models that quantforge trained itself keep their own held-out text
+(:mod:`quantforge.testing.tiny_model`); everything else is measured on this.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import re
+
+SOURCE = (
+    f"the Python {platform.python_version()} Language Reference as shipped with CPython "
+    "(pydoc_data.topics)"
+)
+LICENSE = "PSF-2.0"
+# Narrative chapters, held out from calibration.
+EVAL_TOPICS = ("execmodel", "exceptions", "objects", "truth", "dynamic-features", "import")
+
+
+def _topics() -> dict[str, str]:
+    from pydoc_data.topics import topics
+
+    return dict(topics)
+
+
+def _paragraphs(text: str) -> list[str]:
+    """Hard-wrapped documentation -> paragraphs on one line each; headings' underlines
+    dropped, indented code kept as it is."""
+    out: list[str] = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [ln for ln in block.splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not re.fullmatch(r"\s*([*=\-~^\"'])\1{2,}\s*", ln)]
+        if not lines:
+            continue
+        if lines[0].startswith((" ", "\t")):
+            out.append("\n".join(lines))
+        else:
+            out.append(" ".join(ln.strip() for ln in lines))
+    return out
+
+
+@functools.cache
+def _split() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    topics = _topics()
+    held_out = [p for name in EVAL_TOPICS for p in _paragraphs(topics[name])]
+    seen = set(held_out)
+    rest: list[str] = []
+    for name in sorted(topics):
+        if name in EVAL_TOPICS:
+            continue
+        for paragraph in _paragraphs(topics[name]):
+            if paragraph not in seen:
+                seen.add(paragraph)
+                rest.append(paragraph)
+    return tuple(dict.fromkeys(held_out)), tuple(rest)
+
+
+def prose_evaluation_text(max_chars: int = 40_000) -> str:
+    """Held-out English prose (never in :func:`prose_calibration_text`)."""
+    return "\n\n".join(_split()[0])[:max_chars]
+
+
+def prose_calibration_text(max_chars: int = 200_000) -> str:
+    """English prose for calibration, disjoint from the evaluation text."""
+    return "\n\n".join(_split()[1])[:max_chars]
+
+
+def describe() -> str:
+    """Where the built-in prose comes from and its licence, for provenance and cards."""
+    return f"{SOURCE}, {LICENSE}"

