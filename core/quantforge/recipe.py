@@ -17,7 +17,7 @@ A recipe (top-level keys such as ``variants`` come before the first ``[table]``)
     kl = {}
 
     [data]
-    eval_text = "eval.txt"        # default: built-in held-out text
+    eval_text = "eval.txt"        # default: held-out English prose (see quantforge.texts)
 
     [calibration]                 # for methods that calibrate (GPTQ, AWQ, ...)
     source = "calib.jsonl"        # .txt, .jsonl, or a Hub dataset id

@@ -99,7 +99,8 @@ class NNCFQuantizer(Quantizer):
                 "group_size",
                 int,
                 0,
-                "weights per scale for 4-bit modes (0: 128; -1: one per output channel)",
+                "weights per scale for 4-bit modes (0: 128, falling back per weight to a power of "
+                "two that divides its width; -1: one per output channel)",
                 min=-1,
             ),
             Option(
@@ -173,7 +174,8 @@ class NNCFQuantizer(Quantizer):
                 "nncf: choose AWQ or GPTQ, not both",
                 hint="nncf:int4-awq or nncf:int4-gptq",
             )
-        check_group_size("nncf", self.group_size(options), config)
+        if int(str(options["group_size"])) != 0:  # a size the user chose must divide
+            check_group_size("nncf", self.group_size(options), config)
 
     def quantize(
         self,
@@ -201,6 +203,7 @@ class NNCFQuantizer(Quantizer):
             scale_estimation=bool(options["scale_estimation"]),
             gptq=bool(options["gptq"]),
             samples=samples,
+            adjust_group_size=int(str(options["group_size"])) == 0,
         )
         copy_side_files(source.path, output)
         (output / "quantforge-precision.json").write_text(
@@ -210,6 +213,17 @@ class NNCFQuantizer(Quantizer):
                     "mode": options["mode"],
                     "element_types": report["element_types"],
                     "modules": report["modules"],
+                    **(
+                        {
+                            "group_size": self.group_size(options),
+                            "group_sizes": report["group_sizes"],
+                            "fallback": f"group size {self.group_size(options)} does not "
+                            f"divide {len(report['group_sizes'])} weights' width: those use "
+                            "the largest power of two that does",
+                        }
+                        if report.get("group_sizes")
+                        else {}
+                    ),
                 },
                 indent=2,
             )

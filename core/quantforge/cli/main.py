@@ -91,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluator, e.g. toolcalls or lmeval,tasks=arc_easy (repeatable; default: every "
         "installed one that runs by default: size, speed, memory, perplexity, kl)",
     )
-    p.add_argument("--eval-text", type=Path, help="evaluation text file (default: built-in sample)")
+    p.add_argument(
+        "--eval-text", type=Path, help="evaluation text file (default: held-out English prose)"
+    )
     _calibration_arguments(p)
     p.add_argument("--revision", help="Hub revision of MODEL")
     p.add_argument("--out", type=Path, default=Path("runs/quantize"), help="output folder")
@@ -116,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method", action="append", default=[], help="only this method's presets (repeatable)"
     )
-    p.add_argument("--eval-text", type=Path, help="evaluation text file (default: built-in sample)")
+    p.add_argument(
+        "--eval-text", type=Path, help="evaluation text file (default: held-out English prose)"
+    )
     _calibration_arguments(p)
     p.add_argument("--revision", help="Hub revision of MODEL")
     p.add_argument("--out", type=Path, default=Path("runs/search"), help="output folder")
