@@ -1,6 +1,6 @@
 """A GGUF Q4_K_M variant through quantforge, beside llama.cpp's convert + quantize run directly.
 
-    .venv/bin/python bench/gguf_q4km.py [--model DIR] [--runs 3]
+    .venv/bin/python bench/gguf_q4km.py [--model DIR | --real] [--runs 3]
 
 Both sides start from the same HF folder and end with a Q4_K_M file, with a cold
 quantforge cache each time. quantforge's figure is the whole `quantforge quantize`
@@ -63,12 +63,15 @@ def through_quantforge(model: Path, work: Path, env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, help="HF model folder (default: the tiny model)")
+    parser.add_argument(
+        "--real", action="store_true", help="SmolLM2-135M-Instruct (quantforge.testing.real_model)"
+    )
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    from quantforge.testing import build_tiny_model
+    from quantforge.testing import build_tiny_model, real_model
     from quantforge_llamacpp.converter import converter_dir, llama_cpp_version
 
-    model = args.model or build_tiny_model(log=print)
+    model = args.model or (real_model(log=print) if args.real else build_tiny_model(log=print))
     converter = converter_dir()  # fetched once, outside the timings
     env = {**os.environ, "QUANTFORGE_LLAMA_CPP_DIR": str(converter)}
     ours, theirs = [], []

@@ -1,6 +1,6 @@
 """quantforge's perplexity beside lm-evaluation-harness's on the same model, text and window.
 
-    .venv/bin/python bench/perplexity_vs_lmeval.py --model MODEL_DIR [--window 256] [--runs 3]
+    .venv/bin/python bench/perplexity_vs_lmeval.py --model MODEL_DIR | --real [--window 256] [--runs 3]
 
 lm-eval scores a document with ``loglikelihood_rolling``: windows of ``max_length``
 tokens, the first predicted from the prefix token, each later one from the token before
@@ -26,7 +26,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True, help="a local HF model folder")
+    parser.add_argument("--model", type=Path, help="a local HF model folder")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="SmolLM2-135M-Instruct (quantforge.testing.real_model) on the built-in prose",
+    )
     parser.add_argument(
         "--text", type=Path, help="evaluation text (default: quantforge's built-in)"
     )
@@ -34,6 +39,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096, help="tokens of text scored")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    if args.real:
+        from quantforge.testing import real_model
+
+        args.model = args.model or real_model()
+    if args.model is None:
+        parser.error("give --model DIR or --real")
 
     import torch
     from lm_eval.api.instance import Instance
@@ -45,6 +56,10 @@ def main() -> None:
     lm = HFLM(pretrained=str(args.model), max_length=args.window, batch_size=1, device="cpu")
     if args.text:
         text = args.text.read_text(encoding="utf-8")
+    elif args.real:
+        from quantforge.texts import prose_evaluation_text
+
+        text = prose_evaluation_text()
     else:
         from quantforge.testing.tiny_model import evaluation_text
 

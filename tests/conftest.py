@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +235,45 @@ def faults_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for key, value in with_pythonpath(root).items():
         monkeypatch.setenv(key, value)
     return root
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextlib.contextmanager
+def served_space(space: Path, limits: Any) -> Iterator[str]:
+    """A Space folder's app served from this process on 127.0.0.1, offline, as the Space
+    would run it; yields its URL."""
+    import importlib.util
+
+    import huggingface_hub.constants
+
+    saved = {k: os.environ.get(k) for k in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE")}
+    os.environ.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    spec = importlib.util.spec_from_file_location(f"space_app_{space.name}", space / "app.py")
+    assert spec is not None and spec.loader is not None
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    demo = app.serve(space, limits=limits, block=False)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+        huggingface_hub.constants.HF_HUB_OFFLINE = offline
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

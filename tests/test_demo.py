@@ -51,10 +51,15 @@ def test_demo_measures_every_variant(tmp_path: Path, hub, real_model: Path) -> N
     estimates = {r["variant"]: r for r in tables["rpi5"]["rows"]}
     assert all(r["status"] == "ok" for r in estimates.values()), estimates
     # Every number carries its provenance.
+    runtimes = {"cpu": "torch", "llama.cpp": "llama_cpp_python", "rpi5": "quantforge"}
     for row in result["measurements"]:
         prov = row["provenance"]
-        assert prov["hardware"] and prov["libraries"]["torch"].startswith("2.13")
-        assert prov["dataset_fingerprint"].startswith("sha256:") and prov["base_revision"]
+        assert prov["hardware"] and prov["libraries"][runtimes[row["target"]]], row
+        assert row["kind"] == ("estimated" if row["target"] == "rpi5" else "measured")
+        if row["target"] == "cpu":
+            assert prov["libraries"]["torch"].startswith("2.13")
+        if row["metric"] in ("perplexity", "kl_divergence"):
+            assert prov["dataset_fingerprint"].startswith("sha256:") and prov["base_revision"]
     # The printed table comes from the same store.
     table_out = quantforge("results", str(tmp_path / "demo"))
     assert (

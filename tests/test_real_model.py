@@ -64,6 +64,7 @@ def _on(metrics: Metrics, variant: str) -> dict[str, float]:
 
 
 def test_the_real_model_is_what_it_says(real_model: Path) -> None:
+    assert real_model.name == "SmolLM2-135M-Instruct"
     config = json.loads((real_model / "config.json").read_text())
     assert config["hidden_size"] == 576 and config["tie_word_embeddings"] is True
     assert config["num_attention_heads"] == 9 and config["num_key_value_heads"] == 3
@@ -158,9 +159,20 @@ def test_a_chosen_group_size_that_does_not_divide_is_refused_with_sizes_that_do(
     real_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
+    calib = tmp_path / "calib.txt"
+    calib.write_text("Some text to calibrate with. " * 200, encoding="utf-8")
     for variant in ("rtn:int4,group_size=128", "gptq:int4,group_size=128"):
         fails_with(
-            quantforge("quantize", str(real_model), "-v", variant, "--out", str(out)),
+            quantforge(
+                "quantize",
+                str(real_model),
+                "-v",
+                variant,
+                "--out",
+                str(out),
+                "--calibration",
+                str(calib),
+            ),  # fmt: skip
             "group_size 128 does not divide the model's hidden_size (576)",
             "64",
             "leave group_size unset",
@@ -181,3 +193,52 @@ def test_a_gguf_only_folder_names_the_conversion(tmp_path: Path) -> None:
             "quantforge gguf-to-hf",
         )
     assert not (tmp_path / "o").exists()
+
+
+QUESTION = "What is the capital of France?"
+
+
+def test_the_space_answers_a_real_question_side_by_side(
+    real_run: tuple[Path, Metrics], tmp_path: Path, cache_dir: Path
+) -> None:
+    """The Space over the real run, in headless Chromium: the base answers the question,
+    the 4-bit variants answer beside it, and where one leaves the base's answer is marked.
+    The screenshot is the one in docs/space.md."""
+    from conftest import CHROMIUM, CHROMIUM_FLAGS, served_space
+    from playwright.sync_api import expect, sync_playwright
+    from quantforge.side_by_side import Limits
+
+    out, _ = real_run
+    space = tmp_path / "space"
+    built = quantforge("space", "build", str(out), "--out", str(space))
+    assert built.returncode == 0, built.stderr
+    shot = cache_dir / "screenshots" / "space-real.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    chosen = ["base", "llamacpp-q8_0", "rtn-int4", "llamacpp-q4_k_m"]
+    with (
+        served_space(space, Limits(max_new_tokens=64, time_limit_s=120)) as url,
+        sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page.goto(url)
+        page.wait_for_selector("#qf-generate")
+        variants = page.locator("#qf-variants")
+        for box in variants.get_by_role("checkbox").all():
+            box.uncheck()
+        for name in chosen:
+            variants.get_by_label(name, exact=True).check()
+        page.locator("#qf-prompt textarea").fill(QUESTION)
+        page.locator("#qf-max-new-tokens input[type=number]").fill("24")
+        page.locator("#qf-max-new-tokens input[type=number]").press("Enter")
+        page.locator("#qf-generate").click()
+        expect(page.locator("#qf-status")).to_contain_text("Done in", timeout=180_000)
+        names = [page.locator(f"#qf-name-{i}").inner_text() for i in range(4)]
+        assert [n.split()[0] for n in names] == chosen, names
+        texts = [page.locator(f"#qf-output-{i}").inner_text() for i in range(4)]
+        assert "Paris" in texts[0] and "Paris" in texts[1], texts  # base and Q8_0
+        assert all(t.strip() for t in texts), texts
+        expect(page.locator("#qf-table")).to_contain_text("KL vs base")
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 20_000

@@ -13,23 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WRITE_TOKEN, fails_with, quantforge
+from conftest import CHROMIUM, CHROMIUM_FLAGS, WRITE_TOKEN, fails_with, quantforge, served_space
 from quantforge.generation import Sampling, first_divergence, stream
 from quantforge.side_by_side import Limits, Panel, SideBySide
 from quantforge.space import CATALOG_FILE, Catalog, SpaceVariant
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 VARIANTS = ["base", "rtn-int8", "llamacpp-q4_k_m"]
 PROMPT = 'def parse_args(self, args):\n    """Parse the'
 
@@ -351,29 +340,8 @@ def test_a_space_on_the_hub_reads_the_pushed_variants_and_is_one_commit(  # type
 @pytest.fixture(scope="module")
 def app_url(space: Path) -> Iterator[str]:
     """The app in this process on 127.0.0.1, offline, as the Space would run it."""
-    import importlib.util
-
-    import huggingface_hub.constants
-
-    saved = {k: os.environ.get(k) for k in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE")}
-    os.environ.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    offline = huggingface_hub.constants.HF_HUB_OFFLINE
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
-    spec = importlib.util.spec_from_file_location("quantforge_space_app", space / "app.py")
-    assert spec is not None and spec.loader is not None
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
-    demo = app.serve(space, limits=Limits(max_new_tokens=64, time_limit_s=60), block=False)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
-        huggingface_hub.constants.HF_HUB_OFFLINE = offline
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with served_space(space, Limits(max_new_tokens=64, time_limit_s=60)) as url:
+        yield url
 
 
 def test_the_api_answers_through_gradio_client(app_url: str) -> None:

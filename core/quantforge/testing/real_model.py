@@ -131,7 +131,8 @@ def real_model(
     root = _cache_root(cache_dir)
     gguf = real_model_gguf(name, cache_dir)
     key = hashlib.sha256(f"{spec.package}=={spec.version}:{spec.member}".encode()).hexdigest()[:12]
-    final = root / f"{spec.name}-{key}"
+    # the folder is named as the model is, so tables, cards and the Space read well
+    final = root / f"{spec.name}-{key}" / spec.title
     if (final / "model.safetensors").is_file():
         return final
     dequantize_gguf(gguf, final, log, note=spec.note)
@@ -143,14 +144,6 @@ def real_model(
     )
     (final / "README.md").write_text(readme, encoding="utf-8")
     return final
-
-
-def describe_real_model(path: Path) -> RealModel | None:
-    """The :class:`RealModel` a folder made by :func:`real_model` holds, else ``None``."""
-    for spec in REAL_MODELS.values():
-        if path.name.startswith(f"{spec.name}-"):
-            return spec
-    return None
 
 
 def _spec(name: str) -> RealModel:
