@@ -242,10 +242,32 @@ def test_unsupported_architecture_is_refused(
     fails_with(out, "gptq cannot process 'surely-not-an-architecture' models")
 
 
+def test_without_calibration_data_the_built_in_text_is_used(
+    tiny_model: Path, real_model: Path, tmp_path: Path
+) -> None:
+    from quantforge.planner import parse_variant
+    from quantforge.plugins import load_plugins
+    from quantforge.recipe import RunConfig, with_base
+    from quantforge.runner import preflight
+
+    plugins = load_plugins()
+    for model, text, samples in (
+        (tiny_model, "builtin-calibration.txt", 32),
+        (real_model, "builtin-prose-calibration.txt", 128),
+    ):
+        config = RunConfig(str(model), with_base([parse_variant("gptq:int4")]), tmp_path / "r")
+        plan = preflight(config, plugins, tmp_path / "cache")
+        assert plan.calibration_spec is not None and plan.calibration is not None
+        assert Path(plan.calibration_spec.source).name == text
+        assert plan.calibration_spec.samples == samples
+        gptq = next(p for p in plan.plans if p.spec.name == "gptq-int4")
+        assert gptq.steps[-1].calibration == plan.calibration
+    prose = (tmp_path / "cache" / "data" / "builtin-prose-calibration.txt").read_text()
+    assert len(prose) > 300_000  # about 100,000 tokens: 128 rows of 512 fit
+    assert not (tmp_path / "r").exists()  # preflight writes no run folder
+
+
 def test_calibration_problems(tiny_model: Path, tmp_path: Path) -> None:
-    fails_with(
-        quantforge("quantize", str(tiny_model), "-v", "gptq:int4"), "gptq needs calibration data"
-    )
     fails_with(
         quantforge(
             "quantize",

@@ -22,6 +22,7 @@ from typing import Any
 
 from quantforge import __version__ as quantforge_version
 from quantforge import artifacts, provenance
+from quantforge.calibration import CalibrationSpec
 from quantforge.calibration import fingerprint as calibration_fingerprint
 from quantforge.devices import DeviceProfile, footprint_from_config, footprint_of
 from quantforge.errors import QuantforgeError, RecipeError, UsageError
@@ -75,6 +76,7 @@ class Preflight:
     not_runnable: dict[tuple[str, str], str] = field(default_factory=dict)
     calibration: str | None = None  # fingerprint, when a step calibrates
     eval_source: str = ""  # what the evaluation text is, in words (cards name it)
+    calibration_spec: CalibrationSpec | None = None  # the user's, or the built-in text
 
 
 @dataclass
@@ -117,6 +119,23 @@ def _base_source(path: Path) -> dict[str, Any] | None:
         return dict(json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else None
     except (OSError, ValueError):
         return None
+
+
+def builtin_calibration(cache_dir: Path, model: Path) -> CalibrationSpec:
+    """Calibration data when the user gave none: English prose disjoint from the evaluation
+    text (:mod:`quantforge.texts`), 128 rows of 512 tokens; a tiny model that quantforge
+    trained calibrates on its own training text (32 rows of 128 tokens)."""
+    if (model / "quantforge-tiny.json").is_file():
+        from quantforge.testing.tiny_model import calibration_text
+
+        path = builtin_text_file(cache_dir, "builtin-calibration.txt", calibration_text(60_000))
+        return CalibrationSpec(str(path), samples=32, seq_len=128)
+    from quantforge import texts
+
+    path = builtin_text_file(
+        cache_dir, "builtin-prose-calibration.txt", texts.prose_calibration_text(None)
+    )
+    return CalibrationSpec(str(path))
 
 
 def builtin_eval_text(cache_dir: Path, model: Path) -> tuple[Path, str]:
@@ -181,14 +200,10 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
     _check_text_file(eval_text, "evaluation text")
     base_key = _digest("base", base.identity)
     calibration = None
-    calibrating = [s.method for s in config.variants if needs_calibration(plugins, s)]
-    if calibrating:
-        if config.calibration is None:
-            raise UsageError(
-                f"{calibrating[0]} needs calibration data",
-                hint="set [calibration] source in the recipe or pass --calibration FILE",
-            )
-        calibration = calibration_fingerprint(config.calibration)
+    calibration_spec = None
+    if any(needs_calibration(plugins, s) for s in config.variants):
+        calibration_spec = config.calibration or builtin_calibration(cache_dir, base.path)
+        calibration = calibration_fingerprint(calibration_spec)
     plans = [
         plan_variant(plugins, spec, base_key, calibration=calibration) for spec in config.variants
     ]
@@ -206,7 +221,15 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
             if not target.runs(plan.format):
                 not_runnable[(plan.spec.name, name)] = f"{name} does not run {plan.format} models"
     return Preflight(
-        base, plans, targets, evaluators, eval_text, not_runnable, calibration, eval_source
+        base,
+        plans,
+        targets,
+        evaluators,
+        eval_text,
+        not_runnable,
+        calibration,
+        eval_source,
+        calibration_spec,
     )
 
 
@@ -374,7 +397,7 @@ class Runner:
 
     def _calibrate(self, executor: LocalExecutor, plan: Preflight) -> Path | None:
         """Tokenize the calibration set once with the base tokenizer (cached by fingerprint)."""
-        spec = self.config.calibration
+        spec = plan.calibration_spec
         if plan.calibration is None or spec is None:
             return None
         key = _digest("calibration", plan.calibration, plan.base.content_hash)
@@ -450,7 +473,7 @@ class Runner:
         }
 
     def _calibration_record(self, plan: Preflight) -> dict[str, Any] | None:
-        spec = self.config.calibration
+        spec = plan.calibration_spec
         if spec is None or plan.calibration is None:
             return None
         return {**spec.describe(), "fingerprint": plan.calibration}

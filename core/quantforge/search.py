@@ -384,8 +384,6 @@ class Search:
                     f"{self.device.name} cannot decode it faster than ~{report.decode_tps:.1f} "
                     f"tok/s (estimate) even at its smallest"
                 )
-            elif c.calibrates and self.calibration is None:
-                c.state, c.reason = "pruned", "needs calibration data (pass --calibration FILE)"
         return context
 
     # -- trials ----------------------------------------------------------------------

@@ -69,9 +69,11 @@ def prose_evaluation_text(max_chars: int = 40_000) -> str:
     return "\n\n".join(_split()[0])[:max_chars]
 
 
-def prose_calibration_text(max_chars: int = 200_000) -> str:
-    """English prose for calibration, disjoint from the evaluation text."""
-    return "\n\n".join(_split()[1])[:max_chars]
+def prose_calibration_text(max_chars: int | None = 200_000) -> str:
+    """English prose for calibration, disjoint from the evaluation text (``None``: all of it,
+    about 100,000 tokens)."""
+    text = "\n\n".join(_split()[1])
+    return text if max_chars is None else text[:max_chars]
 
 
 def describe() -> str:

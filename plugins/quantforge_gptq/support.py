@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from quantforge.artifacts import PRECISION_FILE, copy_tokenizer_files
-from quantforge.interfaces import StepContext
+from quantforge.artifacts import PRECISION_FILE, copy_tokenizer_files, safetensors_shapes
+from quantforge.errors import UsageError
+from quantforge.interfaces import StepContext, fitting_group_size
 from quantforge.layer_progress import blocks_progress
 from quantforge.options import OptionValue
 from quantforge.overrides import Rule, bits_for
@@ -98,18 +99,37 @@ def _patterns(settings: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any
 def group_fallbacks(source: Path, group_size: int) -> dict[str, int]:
     """Decoder-block linear layers whose input width ``group_size`` does not divide, with the
     group size each falls back to (from the safetensors headers; no weights read)."""
-    from quantforge.artifacts import safetensors_shapes
-    from quantforge.interfaces import fitting_group_size
-
     fallbacks: dict[str, int] = {}
-    for key, shape in safetensors_shapes(source).items():
-        if not key.endswith(".weight") or len(shape) != 2 or ".layers." not in key:
-            continue
-        size = fitting_group_size(shape[1], group_size)
+    for name, width in _block_linear_widths(source).items():
+        size = fitting_group_size(width, group_size)
         if size != group_size:
             # no power of two fits: one group per row (GPTQ's -1) keeps it 4-bit
-            fallbacks[key.removesuffix(".weight")] = -1 if size is None else size
+            fallbacks[name] = -1 if size is None else size
     return fallbacks
+
+
+def _block_linear_widths(source: Path) -> dict[str, int]:
+    """Input width of every linear layer inside the decoder blocks."""
+    return {
+        key.removesuffix(".weight"): shape[1]
+        for key, shape in safetensors_shapes(source).items()
+        if key.endswith(".weight") and len(shape) == 2 and ".layers." in key
+    }
+
+
+def uniform_fallback(
+    method: str, source: Path, group_size: int, fallbacks: Mapping[str, int]
+) -> tuple[int, dict[str, int]]:
+    """AWQ's scale search takes one group size for the whole model: the largest power of two
+    that every fallback divides (then every layer uses it)."""
+    if any(size < 0 for size in fallbacks.values()):
+        raise UsageError(
+            f"{method}: no power of two of 16 or more divides every layer's input width, and "
+            "AWQ takes one group size for the whole model",
+            hint="use group_size=-1 (one group per output row), or gptq:int4",
+        )
+    size = min(fallbacks.values())
+    return size, {name: size for name in _block_linear_widths(source)}
 
 
 def precision_map(output: Path, default_bits: int) -> dict[str, Any]:
@@ -162,16 +182,25 @@ def run_gptqmodel(
     group_size = int(options["group_size"])
     rules = parse_overrides(method, str(options["overrides"]))
     fallbacks = group_fallbacks(source, group_size)
-    if fallbacks:
-        sizes = "/".join(str(g) for g in sorted(set(fallbacks.values())))
-        context.log(
-            f"{method}: group size {group_size} does not divide the input width of "
-            f"{len(fallbacks)} layers; they use group size {sizes}"
+    used, note = group_size, ""
+    if fallbacks and method == "awq":
+        used, fallbacks = uniform_fallback(method, source, group_size, fallbacks)
+        note = (
+            f"group size {group_size} does not divide every layer's input width, and AWQ "
+            f"takes one group size for the whole model: every layer uses {used}"
         )
+    elif fallbacks:
+        sizes = "/".join(str(g) for g in sorted(set(fallbacks.values()), reverse=True))
+        note = (
+            f"group size {group_size} does not divide {len(fallbacks)} layers' input width: "
+            f"those use group size {sizes}, the largest power of two that divides"
+        )
+    if fallbacks:
+        context.log(f"{method}: {note}")
     common: dict[str, Any] = {
         "bits": bits,
-        "group_size": group_size,
-        "dynamic": _dynamic(rules, fallbacks),
+        "group_size": used,
+        "dynamic": _dynamic(rules, fallbacks if used == group_size else {}),
     }
     if method == "awq":
         config = QuantizeConfig(quant_method="awq", format="gemm", sym=False, **common)
@@ -196,8 +225,5 @@ def run_gptqmodel(
     if fallbacks:
         precision["group_size"] = group_size
         precision["group_sizes"] = dict(sorted(fallbacks.items()))
-        precision["fallback"] = (
-            f"group size {group_size} does not divide {len(fallbacks)} layers' input width: "
-            "those use the largest power of two that does"
-        )
+        precision["fallback"] = note
     (output / PRECISION_FILE).write_text(json.dumps(precision, indent=2), encoding="utf-8")

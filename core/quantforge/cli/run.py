@@ -238,16 +238,13 @@ def demo_config(model: Path, output: Path, all_methods: bool = False) -> RunConf
 
     names = ALL_METHODS_VARIANTS if all_methods else TINY_DEMO_VARIANTS
     variants = [parse_variant(v) for v in names]
-    calibration = None
-    if all_methods:
+    if all_methods:  # GPTQ, AWQ and QLoRA calibrate on the tiny model's built-in text
         variants.append(VariantSpec("gptq-int4-mixed", "gptq", "int4", MIXED))
         variants.append(VariantSpec("rtn-int4-mixed", "rtn", "int4", MIXED))
-        calibration = CalibrationSpec(str(_builtin_calibration_file()), samples=32, seq_len=128)
     return RunConfig(
         model=str(model),
         variants=variants,
         output=output,
-        calibration=calibration,
         evaluators={
             "size": {},
             "speed": {"prompt_tokens": 128, "new_tokens": 33, "repeats": 3},
@@ -278,15 +275,6 @@ def real_demo_config(model: Path, output: Path) -> RunConfig:
             "perplexity": dict(REAL_WINDOWS),
             "kl": dict(REAL_WINDOWS),
         },
-    )
-
-
-def _builtin_calibration_file() -> Path:
-    from quantforge.runner import builtin_text_file, default_cache_dir
-    from quantforge.testing.tiny_model import calibration_text
-
-    return builtin_text_file(
-        default_cache_dir(), "builtin-calibration.txt", calibration_text(60_000)
     )
 
 
