@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import fails_with, quantforge
 from quantforge.errors import OptionError
 from quantforge.testing import check_quantizer
 from quantforge_bnb import BitsAndBytesQuantizer
@@ -58,9 +60,18 @@ def test_rtn_variant_reloads_and_runs(tiny_model: Path, tmp_path: Path) -> None:
     assert (first[0].argmax(-1) == base.argmax(-1)).float().mean() > 0.8  # and still the same model
 
 
-def test_rtn_group_size_must_divide_the_layers(tiny_model: Path, tmp_path: Path) -> None:
-    with pytest.raises(OptionError, match="must divide"):
-        check_quantizer(RTNQuantizer(), tiny_model, tmp_path, options={"group_size": 96})
+def test_rtn_group_size_a_user_chose_must_divide_the_layers(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    out = quantforge(
+        "quantize", str(tiny_model), "-v", "rtn:int4,group_size=96", "--out", str(tmp_path / "r")
+    )
+    fails_with(out, "rtn: group_size 96 does not divide the model's hidden_size (256)", "64")
+    assert out.returncode == 2 and not (tmp_path / "r").exists()
+    # the quantizer itself (given 96 by the host as a default would be) falls back per layer
+    artifact = check_quantizer(RTNQuantizer(), tiny_model, tmp_path, options={"group_size": 96})
+    precision = json.loads((artifact.path / "quantforge-precision.json").read_text())
+    assert set(precision["group_sizes"].values()) == {64} and precision["group_size"] == 96
 
 
 @pytest.mark.parametrize("preset", ["nf4", "int8"])
@@ -136,7 +147,6 @@ def test_rtn_mixed_precision_keeps_chosen_blocks_at_8_bits(
 
 
 def test_rtn_overrides_are_validated() -> None:
-    from quantforge.errors import OptionError
 
     options = RTNQuantizer.options.resolve("rtn", {"overrides": "layers=3"})
     with pytest.raises(OptionError, match="'3' in 'layers=3' must be 4, 8 or skip"):

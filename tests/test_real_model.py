@@ -166,23 +166,22 @@ def test_a_chosen_group_size_that_does_not_divide_is_refused_with_sizes_that_do(
     out = tmp_path / "run"
     calib = tmp_path / "calib.txt"
     calib.write_text("Some text to calibrate with. " * 200, encoding="utf-8")
-    for variant in ("rtn:int4,group_size=128", "gptq:int4,group_size=128"):
+    for variant in (
+        "rtn:int4,group_size=128",
+        "gptq:int4,group_size=128",
+        "awq:int4,group_size=128",
+    ):
+        done = quantforge(
+            "quantize", str(real_model), "-v", variant, "--out", str(out),
+            "--calibration", str(calib),
+        )  # fmt: skip
         fails_with(
-            quantforge(
-                "quantize",
-                str(real_model),
-                "-v",
-                variant,
-                "--out",
-                str(out),
-                "--calibration",
-                str(calib),
-            ),  # fmt: skip
+            done,
             "group_size 128 does not divide the model's hidden_size (576)",
             "64",
             "leave group_size unset",
         )
-        assert not out.exists()
+        assert done.returncode == 2 and not out.exists()
 
 
 def test_a_gguf_only_folder_names_the_conversion(tmp_path: Path) -> None:
@@ -192,11 +191,26 @@ def test_a_gguf_only_folder_names_the_conversion(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "model.gguf").symlink_to(real_model_gguf())
     for model in (folder, folder / "model.gguf"):
-        fails_with(
-            quantforge("quantize", str(model), "-v", "rtn:int4", "--out", str(tmp_path / "o")),
-            "GGUF",
-            "quantforge gguf-to-hf",
-        )
+        done = quantforge("quantize", str(model), "-v", "rtn:int4", "--out", str(tmp_path / "o"))
+        fails_with(done, "GGUF", "quantforge gguf-to-hf")
+        assert done.returncode == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_gguf_to_hf_refuses_bad_input_before_reading_anything(tmp_path: Path) -> None:
+    from quantforge.testing.real_model import real_model_gguf
+
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "notes.txt").write_text("not a model")
+    cases = [
+        (["gguf-to-hf", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "o")], "is not a .gguf file"),
+        (["gguf-to-hf", str(tmp_path / "gone.gguf"), "--out", str(tmp_path / "o")], "is not a .gguf file"),
+        (["gguf-to-hf", str(real_model_gguf()), "--out", str(tmp_path / "exists")], "already exists"),
+    ]  # fmt: skip
+    for argv, fragment in cases:
+        done = quantforge(*argv)
+        fails_with(done, fragment)
+        assert done.returncode == 2
     assert not (tmp_path / "o").exists()
 
 
