@@ -190,6 +190,7 @@ def build_app(folder: Path = HERE, limits: Limits | None = None) -> gr.Blocks:
                 "Device fit: **estimates** from device profiles (weights, KV cache and "
                 "overhead against the device's memory; decode from its memory bandwidth).",
                 elem_id="qf-fit-note",
+                visible=len(headers) > 1,  # a run with no device profile has nothing to show
             )
             gr.Dataframe(
                 value={"headers": headers, "data": rows},
@@ -197,6 +198,7 @@ def build_app(folder: Path = HERE, limits: Limits | None = None) -> gr.Blocks:
                 interactive=False,
                 wrap=True,
                 elem_id="qf-fit",
+                visible=len(headers) > 1,
             )
             gr.Image(
                 value=str(plot) if plot else None,

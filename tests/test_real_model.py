@@ -258,6 +258,7 @@ def test_the_space_answers_a_real_question_side_by_side(
         assert "Paris" in texts[0] and "Paris" in texts[1], texts  # base and Q8_0
         assert all(t.strip() for t in texts), texts
         expect(page.locator("#qf-table")).to_contain_text("KL vs base")
+        expect(page.locator("#qf-fit")).to_be_hidden()  # no device profile in this run
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 20_000

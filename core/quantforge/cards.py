@@ -253,6 +253,20 @@ def mixed_precision(variant: Variant) -> dict[str, Any] | None:
     return {label: sorted(names) for label, names in sorted(widths.items())}
 
 
+def group_fallback(variant: Variant) -> dict[str, Any] | None:
+    """What a default group size fell back to on weights it does not divide, if it did."""
+    precision = variant.precision or {}
+    groups = precision.get("group_sizes") or {}
+    if not groups:
+        return None
+    sizes: dict[str, int] = {}
+    for size in groups.values():
+        key = "one per row" if int(size) < 0 else str(size)
+        sizes[key] = sizes.get(key, 0) + 1
+    note = str(precision.get("fallback") or f"group size {precision.get('group_size')}")
+    return {"note": note[0].upper() + note[1:], "sizes": sizes}
+
+
 def nominal_bits(variant: Variant) -> int | None:
     """The bit width people call it by (4 for Q4_K_M at 4.5-6.6 bits, or int4 with scales
     at 5): the narrowest weight width, rounded down."""
@@ -492,6 +506,7 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
         steps=variant.steps,
         calibration=variant.calibration,
         mixed=mixed_precision(variant),
+        group_fallback=group_fallback(variant),
         columns=[title(m) for m in (*CARD_METRICS, *facts.task_metrics())],
         tables=tables,
         not_measured=not tables,
