@@ -124,7 +124,9 @@ def test_a_long_step_reports_progress_to_the_host_and_to_json_consumers(
     root = make_plugin_dist(tmp_path / "site", "qf_slow", SLOW_PLUGIN)
     out = quantforge(
         "quantize", str(tiny_model), "-v", "slow-steps", "--evaluator", "size",
-        "--out", str(tmp_path / "run"), "--json", env=with_pythonpath(root),
+        "--out", str(tmp_path / "run"), "--json",
+        # a cache of its own: a step found built in the session's cache reports nothing
+        env={**with_pythonpath(root), "QUANTFORGE_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     events = [json.loads(ln) for ln in out.stderr.splitlines() if ln.startswith('{"event"')]
