@@ -277,3 +277,24 @@ def served_space(space: Path, limits: Any) -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def open_space_page(pw: Any, url: str) -> tuple[Any, Any]:
+    """Debian's chromium, headless, on the Space at ``url`` once its form is up:
+    ``(browser, page)``."""
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    page.goto(url)
+    page.wait_for_selector("#qf-generate")
+    return browser, page
+
+
+def ask_space(page: Any, prompt: str, max_new_tokens: int, timeout_ms: int) -> None:
+    """Type ``prompt``, set the token cap, press Generate and wait until every panel is done."""
+    from playwright.sync_api import expect
+
+    page.locator("#qf-prompt textarea").fill(prompt)
+    page.locator("#qf-max-new-tokens input[type=number]").fill(str(max_new_tokens))
+    page.locator("#qf-max-new-tokens input[type=number]").press("Enter")
+    page.locator("#qf-generate").click()
+    expect(page.locator("#qf-status")).to_contain_text("Done in", timeout=timeout_ms)

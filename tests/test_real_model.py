@@ -223,7 +223,7 @@ def test_the_space_answers_a_real_question_side_by_side(
     """The Space over the real run, in headless Chromium: the base answers the question,
     the 4-bit variants answer beside it, and where one leaves the base's answer is marked.
     The screenshot is the one in docs/space.md."""
-    from conftest import CHROMIUM, CHROMIUM_FLAGS, served_space
+    from conftest import ask_space, open_space_page, served_space
     from playwright.sync_api import expect, sync_playwright
     from quantforge.side_by_side import Limits
 
@@ -238,20 +238,13 @@ def test_the_space_answers_a_real_question_side_by_side(
         served_space(space, Limits(max_new_tokens=64, time_limit_s=120)) as url,
         sync_playwright() as pw,
     ):
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
-        page.goto(url)
-        page.wait_for_selector("#qf-generate")
+        browser, page = open_space_page(pw, url)
         variants = page.locator("#qf-variants")
         for box in variants.get_by_role("checkbox").all():
             box.uncheck()
         for name in chosen:
             variants.get_by_label(name, exact=True).check()
-        page.locator("#qf-prompt textarea").fill(QUESTION)
-        page.locator("#qf-max-new-tokens input[type=number]").fill("24")
-        page.locator("#qf-max-new-tokens input[type=number]").press("Enter")
-        page.locator("#qf-generate").click()
-        expect(page.locator("#qf-status")).to_contain_text("Done in", timeout=180_000)
+        ask_space(page, QUESTION, 24, 180_000)
         names = [page.locator(f"#qf-name-{i}").inner_text() for i in range(4)]
         assert [n.split()[0] for n in names] == chosen, names
         texts = [page.locator(f"#qf-output-{i}").inner_text() for i in range(4)]

@@ -51,10 +51,14 @@ def test_a_chosen_group_size_is_refused_with_sizes_that_divide() -> None:
     assert dividing_group_sizes([576, 1536])[:4] == [16, 32, 48, 64]
     assert dividing_group_sizes([576, 1536], choices=[-1, 32, 64, 128]) == [32, 64]
     with pytest.raises(UsageError) as caught:
-        check_group_size("rtn", 128, SMOLLM2)
+        check_group_size("rtn", 128, SMOLLM2, falls_back=True)
     text = str(caught.value)
     assert "group_size 128 does not divide the model's hidden_size (576)" in text
     assert "16, 32, 48, 64, 96, 192" in text and "leave group_size unset" in text
+    with pytest.raises(UsageError) as caught:  # a method whose default does not fall back
+        check_group_size("hqq", 128, SMOLLM2, [16, 32, 64, 128, 256])
+    assert "sizes that divide every width: 16, 32, 64" in str(caught.value)
+    assert "leave group_size unset" not in str(caught.value)
     check_group_size("rtn", 64, SMOLLM2)  # divides everything: no error
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CHROMIUM, CHROMIUM_FLAGS, WRITE_TOKEN, fails_with, quantforge, served_space
+from conftest import (
+    CHROMIUM,
+    WRITE_TOKEN,
+    ask_space,
+    fails_with,
+    open_space_page,
+    quantforge,
+    served_space,
+)
 from quantforge.generation import Sampling, first_divergence, stream
 from quantforge.side_by_side import Limits, Panel, SideBySide
 from quantforge.space import CATALOG_FILE, Catalog, SpaceVariant
@@ -375,20 +383,13 @@ def test_the_page_in_headless_chromium(app_url: str, cache_dir: Path) -> None:
     shot = cache_dir / "screenshots" / "space.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
-        page.goto(app_url)
-        page.wait_for_selector("#qf-generate")
+        browser, page = open_space_page(pw, app_url)
         # the variants that cannot run are listed with why before anyone asks
         expect(page.locator("#qf-not-runnable")).to_contain_text("gone")
         variants = page.locator("#qf-variants")
         variants.get_by_label("rtn-int8", exact=True).uncheck()  # default: base + rtn-int8
         variants.get_by_label("llamacpp-q4_k_m", exact=True).check()
-        page.locator("#qf-prompt textarea").fill(PROMPT)
-        page.locator("#qf-max-new-tokens input[type=number]").fill("32")
-        page.locator("#qf-max-new-tokens input[type=number]").press("Enter")
-        page.locator("#qf-generate").click()
-        expect(page.locator("#qf-status")).to_contain_text("Done in", timeout=120_000)
+        ask_space(page, PROMPT, 32, 120_000)
         names = [page.locator(f"#qf-name-{i}").inner_text() for i in range(2)]
         assert names[0].startswith("base") and names[1].startswith("llamacpp-q4_k_m")
         texts = [page.locator(f"#qf-output-{i}").inner_text() for i in range(2)]

@@ -88,11 +88,14 @@ def check_group_size(
     group_size: int,
     config: Mapping[str, Any],
     choices: Iterable[int] | None = None,
+    *,
+    falls_back: bool = False,
 ) -> None:
-    """Refuse a group size the user chose that does not divide every linear layer's input width.
+    """Refuse a group size that does not divide every linear layer's input width.
 
-    Defaults do not come here: a method's default group size falls back per weight
-    (:func:`fitting_group_size`) and records what it did in its precision file.
+    The host calls it for a size the user wrote; a method whose default does not fall back
+    (``falls_back`` false) calls it for its default too. The hint names sizes that divide,
+    and, when ``falls_back``, that leaving the option unset falls back per weight.
     """
     if group_size <= 0:
         return
@@ -101,10 +104,10 @@ def check_group_size(
         if width % group_size:
             fits = dividing_group_sizes(widths.values(), choices)
             sizes = ", ".join(map(str, fits[:8])) or "none of its choices"
+            unset = "; or leave group_size unset and the default falls back per weight"
             raise UsageError(
                 f"{method}: group_size {group_size} does not divide the model's {key} ({width})",
-                hint=f"sizes that divide every width: {sizes}; or leave group_size unset and "
-                "the default falls back per weight",
+                hint=f"sizes that divide every width: {sizes}" + (unset if falls_back else ""),
             )
 
 
@@ -195,12 +198,15 @@ class Step(Component):
     """What quantizers and exporters share: formats, and a preflight check of the model.
 
     :cvar architectures: ``model_type`` values it can process, or ``None`` for any.
+    :cvar group_size_fallback: its default ``group_size`` falls back per weight on widths it
+        does not divide (:func:`fitting_group_size`); a size the user writes never does.
     """
 
     input_format: ClassVar[str] = "hf"
     output_format: ClassVar[str]
     needs_gpu: ClassVar[bool] = False  # a cluster executor runs it where a GPU is
     architectures: ClassVar[frozenset[str] | None] = None
+    group_size_fallback: ClassVar[bool] = False
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         """Refuse, before any compute, a model this step cannot process with these options.

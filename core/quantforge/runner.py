@@ -245,16 +245,16 @@ def _check_chosen_group_size(
         size = int(str(step.options.get("group_size")))
     except ValueError:
         return
-    option = next(
-        (o for o in plugins.methods.get(step.method).options.options if o.name == "group_size"),
-        None,
-    )
+    method = plugins.methods.get(step.method)
+    option = next((o for o in method.options.options if o.name == "group_size"), None)
     choices = (
         [int(c) for c in option.choices if isinstance(c, int)]
         if option is not None and option.choices
         else None
     )
-    check_group_size(step.method, size, model_config, choices)
+    check_group_size(
+        step.method, size, model_config, choices, falls_back=method.group_size_fallback
+    )
 
 
 def _check_contexts(

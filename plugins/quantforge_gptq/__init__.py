@@ -44,6 +44,7 @@ class _GPTQModelMethod(Quantizer):
     requires = ("gptqmodel", "optimum", "torch", "transformers")
     extra = "gptq"
     needs_calibration = True
+    group_size_fallback = True  # per layer; see fitting_group_size
 
     def supported_architectures(self) -> frozenset[str] | None:
         from quantforge_gptq.support import gptqmodel_architectures

@@ -28,7 +28,6 @@ from quantforge import (
     hookimpl,
 )
 from quantforge.errors import UsageError
-from quantforge.interfaces import check_group_size
 from quantforge.options import OptionValue
 
 EXTRA = "openvino"
@@ -89,6 +88,7 @@ class NNCFQuantizer(Quantizer):
     )
     input_format = "openvino"
     output_format = "openvino+nncf"
+    group_size_fallback = True  # the default (0: 128) adjusts per weight
     requires = ("nncf", "openvino")
     extra = EXTRA
     version = "1"
@@ -174,8 +174,8 @@ class NNCFQuantizer(Quantizer):
                 "nncf: choose AWQ or GPTQ, not both",
                 hint="nncf:int4-awq or nncf:int4-gptq",
             )
-        if int(str(options["group_size"])) != 0:  # a size the user chose must divide
-            check_group_size("nncf", self.group_size(options), config)
+        # the default (0: 128) falls back per weight; a size the user writes is checked by the
+        # host in preflight, as for every method with a group_size option
 
     def quantize(
         self,

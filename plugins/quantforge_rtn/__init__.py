@@ -24,6 +24,7 @@ class RTNQuantizer(Quantizer):
     output_format = "hf+rtn"
     requires = ("torch", "transformers", "safetensors")
     extra = "rtn"
+    group_size_fallback = True  # per layer; see fitting_group_size
     options = OptionSet(
         [
             Option("bits", int, 4, "weight bits", choices=[4, 8]),

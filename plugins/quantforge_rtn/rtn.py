@@ -82,16 +82,20 @@ class RTNLinear(nn.Module):
 
 
 def _targets(
-    model: nn.Module, skip: list[str], group_size: int, rules: list[Rule], bits: int
+    model: nn.Module,
+    skip: list[str],
+    group_size: int,
+    rules: list[Rule],
+    bits: int,
+    shared: set[str],
 ) -> tuple[dict[str, int], dict[str, int], list[str]]:
     """Linear layers to quantize with their bits (mixed precision rules applied), the group
     size of those whose width ``group_size`` does not divide, and the layers kept in full
     precision because no group size fits (or because they share their weight with another
-    module: a tied ``lm_head``)."""
+    module: a tied ``lm_head``; ``shared`` names such tensors)."""
     chosen: dict[str, int] = {}
     groups: dict[str, int] = {}
     kept: list[str] = []
-    shared = _shared_weights(model)
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or any(name.endswith(s) for s in skip):
             continue
@@ -137,8 +141,8 @@ def quantize_folder(
     # Several RTN variants of one base in one worker load the base once.
     base = context.remember(("hf-model", str(source)), load_base)
     model = copy.deepcopy(base)
-    targets, groups, kept = _targets(model, skip, group_size, rules, bits)
     shared = _shared_weights(model)
+    targets, groups, kept = _targets(model, skip, group_size, rules, bits, shared)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         module = name.rsplit(".", 1)[0]
