@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from quantforge.planner import parse_variant
 from quantforge.recipe import RunConfig, with_base
 from quantforge.results import ResultsStore
@@ -81,3 +87,37 @@ def test_a_rerun_with_nothing_changed_recomputes_nothing(tiny_model: Path, tmp_p
     ).run()
     assert changed.steps_run == 1 and changed.steps_cached == 1
     assert changed.evaluations_run == 1 and changed.evaluations_cached == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_killed_host_leaves_no_worker_behind(
+    tiny_model: Path, tmp_path: Path, faults_plugin: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM and SIGINT unwind the host, which kills its worker's process group; after
+    SIGKILL the kernel kills the worker (its parent-death signal)."""
+    out = tmp_path / "run"
+    host = subprocess.Popen(
+        [sys.executable, "-m", "quantforge", "quantize", str(tiny_model), "-v", "faults-hang",
+         "--evaluator", "size", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "QUANTFORGE_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    marker = str(out / "logs")
+
+    def workers() -> list[str]:
+        found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
+        return found.stdout.split()
+
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith("build-faults-hang.job.json") for p in out.glob("logs/*/*")):
+        assert time.monotonic() < deadline and host.poll() is None, "the step never started"
+        time.sleep(0.2)
+    while not workers():
+        assert time.monotonic() < deadline, "no worker appeared"
+        time.sleep(0.2)
+    host.send_signal(sig)
+    assert host.wait(timeout=30) != 0
+    deadline = time.monotonic() + 10
+    while workers():
+        assert time.monotonic() < deadline, f"workers left after {sig.name}: {workers()}"
+        time.sleep(0.2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 # A long step's progress, as the worker last wrote it (see StepContext.progress).
 ProgressCallback = Callable[[dict[str, Any]], None]
 POLL_SECONDS = 1.0
+HOST_PID = "QUANTFORGE_HOST_PID"  # the worker dies with this process (see worker.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,13 @@ class ProgressWatcher:
         self.callback(data)
 
 
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a worker and everything it started (it leads its own process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def run_job(
     job: dict[str, Any],
     work_dir: Path,
@@ -114,25 +123,28 @@ def run_job(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", HOST_PID: str(os.getpid())},
         )
         code: int | None = None
-        while code is None:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return JobOutcome(
-                    None,
-                    f"timed out after {timeout:g}s",
-                    result_path,
-                    log_path,
-                    time.perf_counter() - started,
-                )
-            try:
-                code = proc.wait(timeout=min(POLL_SECONDS, left))
-            except subprocess.TimeoutExpired:
-                watcher.poll()
+        try:
+            while code is None:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    _kill_group(proc)
+                    return JobOutcome(
+                        None,
+                        f"timed out after {timeout:g}s",
+                        result_path,
+                        log_path,
+                        time.perf_counter() - started,
+                    )
+                try:
+                    code = proc.wait(timeout=min(POLL_SECONDS, left))
+                except subprocess.TimeoutExpired:
+                    watcher.poll()
+        except BaseException:  # the host is interrupted or terminated: its worker goes too
+            _kill_group(proc)
+            raise
     seconds = time.perf_counter() - started
     failure = None if code == 0 else describe_exit(code, log_path)
     return JobOutcome(code, failure, result_path, log_path, seconds)

@@ -221,7 +221,23 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
     )
 
 
+def _die_with_the_host() -> None:
+    """On Linux, have the kernel kill this worker when the host dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    host = os.environ.get("QUANTFORGE_HOST_PID")
+    if host and str(os.getppid()) != host:  # the host died before the request took effect
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _die_with_the_host()
     args = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     result = Path(args[1])

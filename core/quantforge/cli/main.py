@@ -355,7 +355,15 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=90, help="seconds per request")
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # unwinds like Ctrl-C, so a running step's worker is killed on the way out
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
