@@ -83,6 +83,13 @@ class ModelSourceError(UsageError):
     """A base model path or id that cannot be used (missing, unreadable, no weights)."""
 
 
+class UnsupportedModelError(UsageError):
+    """A method or runtime that cannot process this model (its architecture or shapes).
+
+    Preflight refuses only the variants that need it; the others run.
+    """
+
+
 class PlanError(UsageError):
     """No chain of installed steps turns the base model into the requested variant."""
 

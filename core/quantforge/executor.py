@@ -177,18 +177,79 @@ class LocalExecutor:
         """Nothing to release."""
 
 
+class InlineExecutor(LocalExecutor):
+    """Runs jobs in this process, one after another, each job's output in its ``STEM.log``.
+
+    Heavy imports are paid once per run instead of once per job, so a run of many small
+    variants (the support-matrix tests, a quick look at a tiny model) is several times
+    faster. There is no isolation and no timeout: a step that crashes the interpreter ends
+    the run, and a measurement of peak memory sees what earlier jobs left. Use ``local``
+    for real runs.
+    """
+
+    name = "inline"
+
+    def run(
+        self,
+        job: dict[str, Any],
+        label: str,
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobOutcome:
+        import traceback
+
+        from quantforge import worker
+
+        stem = self.stem(label)
+        job_path = self.work_dir / f"{stem}.job.json"
+        result_path = self.work_dir / f"{stem}.result.json"
+        log_path = self.work_dir / f"{stem}.log"
+        job = {**job, "progress_path": str(self.work_dir / f"{stem}.progress.json")}
+        job_path.write_text(json.dumps(job), encoding="utf-8")
+        result_path.unlink(missing_ok=True)
+        started = time.perf_counter()
+        code, failure = 0, None
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        with log_path.open("wb") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                code = worker.run_job(job, result_path)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except Exception as exc:
+                traceback.print_exc()
+                code, failure = 1, f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                os.close(saved[0])
+                os.close(saved[1])
+        if code and failure is None:
+            failure = describe_exit(code, log_path)
+        return JobOutcome(code, failure, result_path, log_path, time.perf_counter() - started)
+
+
+EXECUTORS = ("local", "inline", "ray")
+
+
 def make_executor(kind: str, work_dir: Path, address: str | None = None) -> LocalExecutor:
-    """``local`` (child processes, the default) or ``ray`` (Ray tasks, local or a cluster)."""
-    if kind == "local":
+    """``local`` (child processes, the default), ``inline`` (this process; for tests and quick
+    looks) or ``ray`` (Ray tasks, local or a cluster)."""
+    if kind in ("local", "inline"):
         if address:
             from quantforge.errors import UsageError
 
             raise UsageError("--ray-address goes with --executor ray")
-        return LocalExecutor(work_dir)
+        return LocalExecutor(work_dir) if kind == "local" else InlineExecutor(work_dir)
     if kind == "ray":
         from quantforge.ray_executor import RayExecutor
 
         return RayExecutor(work_dir, address)
     from quantforge.errors import UnknownNameError
 
-    raise UnknownNameError("executor", kind, ["local", "ray"])
+    raise UnknownNameError("executor", kind, EXECUTORS)

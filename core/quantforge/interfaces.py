@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from quantforge.calibration import CalibrationSet
-from quantforge.errors import MissingDependencyError, TargetUnavailableError, UsageError
+from quantforge.errors import (
+    MissingDependencyError,
+    TargetUnavailableError,
+    UnsupportedModelError,
+    UsageError,
+)
 from quantforge.options import OptionSet, OptionValue
 
 Better = Literal["higher", "lower", "none"]
@@ -52,6 +57,18 @@ def model_widths(config: Mapping[str, Any]) -> dict[str, int]:
     if isinstance(heads, int) and isinstance(head_dim, int) and heads * head_dim > 0:
         widths["num_attention_heads x head_dim"] = heads * head_dim
     return widths
+
+
+def expert_count(config: Mapping[str, Any]) -> int:
+    """Experts per layer of a mixture-of-experts model (0 for a dense one), from
+    ``config.json``. transformers 5 stores each layer's experts as fused 3-D weights, not as
+    ``nn.Linear`` layers."""
+    text = config.get("text_config") or {}
+    for key in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"):
+        value = config.get(key, text.get(key))
+        if isinstance(value, int) and value > 1:
+            return value
+    return 0
 
 
 def fitting_group_size(width: int, group_size: int) -> int | None:
@@ -211,16 +228,26 @@ class Step(Component):
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         """Refuse, before any compute, a model this step cannot process with these options.
 
-        ``config`` is the base model's ``config.json``. Raise :class:`UsageError`
-        naming the reason. The default checks :attr:`architectures`.
+        ``config`` is the base model's ``config.json``. Raise
+        :class:`~quantforge.errors.UnsupportedModelError` when the model's architecture or
+        shapes are what this step cannot process (preflight then refuses the variants that
+        need this step and runs the others), :class:`UsageError` when the options are wrong.
+        The default checks :attr:`architectures`.
         """
         supported = self.supported_architectures()
         model_type = config.get("model_type")
         if supported is not None and model_type not in supported:
-            raise UsageError(
+            raise UnsupportedModelError(
                 f"{self.name} cannot process {model_type!r} models",
-                hint="`quantforge methods` lists what each method supports",
+                hint="`quantforge methods --model PATH` lists the methods that can",
             )
+
+    def check_files(self, options: Mapping[str, OptionValue], model: Path) -> None:
+        """Refuse, before any compute, a model folder whose files this step cannot process
+        (a tokenizer its converter does not know), raising
+        :class:`~quantforge.errors.UnsupportedModelError`. Preflight calls it, after
+        :meth:`check_model`, for the first step of a chain (it reads the base model's folder).
+        The default checks nothing."""
 
     def supported_architectures(self) -> frozenset[str] | None:
         """``model_type`` values it can process (``None``: any); may read its library's tables."""
@@ -232,10 +259,14 @@ class Quantizer(Step):
 
     :cvar needs_calibration: the step reads ``context.calibration`` (tokenized rows).
     :cvar method: short method label for tables and cards (``"bitsandbytes"``).
+    :cvar quantizes_experts: it quantizes mixture-of-experts weights (:func:`expert_count`).
     """
 
     needs_calibration: ClassVar[bool] = False
     method: ClassVar[str] = ""
+    # it quantizes the fused 3-D expert weights of mixture-of-experts models; a method that
+    # replaces nn.Linear layers only sets False, and preflight refuses MoE models for it
+    quantizes_experts: ClassVar[bool] = True
 
     def calibrates(self, options: Mapping[str, OptionValue]) -> bool:
         """Whether this step reads calibration data with these ``options`` (default:

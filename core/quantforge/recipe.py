@@ -284,7 +284,9 @@ def parse_recipe(
         seed=seed,
         step_timeout=float(timeout),
         search=search,
-        executor=_expect("run.executor", run.get("executor", "local"), str, '"local" or "ray"'),
+        executor=_expect(
+            "run.executor", run.get("executor", "local"), str, '"local", "inline" or "ray"'
+        ),
         ray_address=run.get("ray_address"),
     )
 

@@ -25,7 +25,7 @@ from quantforge import artifacts, provenance
 from quantforge.calibration import CalibrationSpec
 from quantforge.calibration import fingerprint as calibration_fingerprint
 from quantforge.devices import DeviceProfile, footprint_from_config, footprint_of
-from quantforge.errors import QuantforgeError, RecipeError, UsageError
+from quantforge.errors import QuantforgeError, RecipeError, UnsupportedModelError, UsageError
 from quantforge.executor import JobOutcome, LocalExecutor, make_executor
 from quantforge.gguf_base import SOURCE_FILE
 from quantforge.interfaces import Artifact, Evaluator, Target, check_group_size
@@ -34,6 +34,7 @@ from quantforge.planner import VariantPlan, needs_calibration, plan_variant
 from quantforge.plugins import Plugins, load_plugins
 from quantforge.recipe import RunConfig
 from quantforge.results import ResultsStore
+from quantforge.support import refusal
 
 
 def default_cache_dir() -> Path:
@@ -77,6 +78,9 @@ class Preflight:
     calibration: str | None = None  # fingerprint, when a step calibrates
     eval_source: str = ""  # what the evaluation text is, in words (cards name it)
     calibration_spec: CalibrationSpec | None = None  # the user's, or the built-in text
+    # variants a step cannot process this model for (architecture, shapes), with the reason;
+    # the others run
+    refused: list[tuple[VariantPlan, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -90,6 +94,7 @@ class RunSummary:
     steps_cached: int = 0
     evaluations_run: int = 0
     evaluations_cached: int = 0
+    refused: dict[str, str] = field(default_factory=dict)  # name -> why, from preflight
 
     def failed(self) -> list[str]:
         """Variants that failed to build and evaluations that failed; a variant that a
@@ -208,12 +213,20 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
         plan_variant(plugins, spec, base_key, calibration=calibration) for spec in config.variants
     ]
     model_config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
+    refused = []
     for plan in plans:
-        for step in plan.steps:
-            method = plugins.methods.get(step.method)
-            method.check_available()
-            method.check_model(step.options, model_config)
+        why = refusal(plugins, plan, model_config, base.path)
+        if why is not None:
+            refused.append((plan, why))
+            continue
         _check_chosen_group_size(plugins, plan, model_config)
+    if refused and len(refused) == len(plans):
+        raise UnsupportedModelError(
+            "every variant was refused: "
+            + "; ".join(f"{p.spec.name}: {why}" for p, why in refused),
+            hint="`quantforge methods --model PATH` lists the methods that can process it",
+        )
+    plans = [p for p in plans if all(p is not r for r, _ in refused)]
     _check_contexts(config, targets, model_config)
     not_runnable = {}
     for plan in plans:
@@ -230,6 +243,7 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
         calibration,
         eval_source,
         calibration_spec,
+        refused,
     )
 
 
@@ -320,6 +334,8 @@ class Runner:
         plan = preflight(self.config, self.plugins, self.cache_dir)
         for info in self.plugins.errors():
             self.reporter.note(f"plugin {info.name} is not loaded: {info.errors[0]}")
+        for vplan, why in plan.refused:
+            self.reporter.note(f"refused {vplan.spec.name}: {why}")
         output = self.config.output
         run_id = provenance.now().replace(":", "").replace("-", "") + "-" + uuid.uuid4().hex[:6]
         # the executor first: one that cannot start leaves no run folder behind
@@ -339,7 +355,9 @@ class Runner:
                 "base_source": _base_source(base.path),
             },
         )
-        summary = RunSummary(run_id, output, "running", {}, {})
+        summary = RunSummary(
+            run_id, output, "running", {}, {}, refused={p.spec.name: w for p, w in plan.refused}
+        )
         try:
             tokens = self._tokenize(executor, plan)
             self._calibration_rows = self._calibrate(executor, plan)
@@ -354,7 +372,7 @@ class Runner:
             raise
         finally:
             executor.close()
-        summary.status = "partial" if summary.failed() else "ok"
+        summary.status = "partial" if summary.failed() or summary.refused else "ok"
         store.finish_run(run_id, provenance.now(), summary.status)
         store.close()
         return summary
@@ -555,6 +573,26 @@ class Runner:
     ) -> None:
         links = self.config.output / "variants"
         links.mkdir(exist_ok=True)
+        for vplan, why in plan.refused:
+            stale = links / vplan.spec.name
+            if stale.is_symlink() or stale.exists():
+                stale.unlink()
+            store.record_variant(
+                run_id,
+                provenance.now(),
+                name=vplan.spec.name,
+                spec=self._spec_json(vplan),
+                method=vplan.method_label,
+                bits=vplan.bits,
+                format=vplan.format,
+                path=None,
+                artifact_key=vplan.key,
+                steps=[s.describe() for s in vplan.steps],
+                status="refused",
+                error=why,
+                precision=None,
+                calibration=None,
+            )
         for vplan in plan.plans:
             error = next((failures[s.key] for s in vplan.steps if s.key in failures), None)
             path = self._variant_path(plan, vplan)
@@ -568,14 +606,7 @@ class Runner:
                 run_id,
                 provenance.now(),
                 name=vplan.spec.name,
-                spec=json.dumps(
-                    {
-                        "method": vplan.spec.method,
-                        "preset": vplan.spec.preset,
-                        "options": dict(vplan.spec.options),
-                        "import": vplan.spec.source,
-                    }
-                ),
+                spec=self._spec_json(vplan),
                 method=vplan.method_label,
                 bits=vplan.bits,
                 format=vplan.format,
@@ -589,6 +620,18 @@ class Runner:
                 if any(s.calibration for s in vplan.steps)
                 else None,
             )
+
+    @staticmethod
+    def _spec_json(vplan: VariantPlan) -> str:
+        spec = vplan.spec
+        return json.dumps(
+            {
+                "method": spec.method,
+                "preset": spec.preset,
+                "options": dict(spec.options),
+                "import": spec.source,
+            }
+        )
 
     @staticmethod
     def _eval_specs(

@@ -240,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_the_host()
     args = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
-    result = Path(args[1])
+    return run_job(job, Path(args[1]))
+
+
+def run_job(job: dict[str, Any], result: Path) -> int:
+    """Do one job and write its result; the executor's worker process, or the inline
+    executor in its own process, calls it."""
     if job["kind"] == "tokenize":
         tokenize(job, result)
         return 0

@@ -17,6 +17,7 @@ from quantforge.options import OptionValue
 
 class BitsAndBytesQuantizer(Quantizer):
     name = "bnb"
+    quantizes_experts = False  # nn.Linear layers only
     method = "bitsandbytes"
     description = "bitsandbytes int8 (LLM.int8) and 4-bit NF4/FP4, quantized at load"
     output_format = "hf+bnb"

@@ -17,6 +17,7 @@ from quantforge.options import OptionValue
 
 class HQQQuantizer(Quantizer):
     name = "hqq"
+    quantizes_experts = False  # nn.Linear layers only
     method = "HQQ"
     description = "HQQ half-quadratic 2/3/4/8-bit weights (no calibration), HQQ's own format"
     output_format = "hf+hqq"

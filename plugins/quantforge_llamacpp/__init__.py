@@ -29,7 +29,7 @@ from quantforge import (
     hookimpl,
 )
 from quantforge.artifacts import copy_files
-from quantforge.errors import QuantforgeError, UsageError
+from quantforge.errors import QuantforgeError, UnsupportedModelError, UsageError
 from quantforge.options import OptionValue
 
 GGUF_FILE = "model.gguf"
@@ -80,12 +80,24 @@ class GGUFExporter(Exporter):
             if arch not in known:
                 from quantforge_llamacpp.converter import llama_cpp_version
 
-                raise UsageError(
+                raise UnsupportedModelError(
                     f"gguf: llama.cpp's converter (llama-cpp-python {llama_cpp_version()}) "
                     f"says: Architecture {arch!r} not supported!",
                     hint="export this model to another format (onnx, openvino) or "
                     "use a newer llama-cpp-python",
                 )
+
+    def check_files(self, options: Mapping[str, OptionValue], model: Path) -> None:
+        from quantforge_llamacpp.converter import llama_cpp_version, vocab_problem
+
+        problem = vocab_problem(model)
+        if problem is not None:
+            raise UnsupportedModelError(
+                f"gguf: llama.cpp's converter (llama-cpp-python {llama_cpp_version()}) cannot "
+                f"read this model's tokenizer: {problem}",
+                hint="llama.cpp converts the tokenizers of the releases it lists; export to "
+                "onnx or openvino instead",
+            )
 
     def export(
         self,

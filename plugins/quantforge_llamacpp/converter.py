@@ -10,6 +10,7 @@ checkout instead.
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import shutil
 import subprocess
@@ -114,33 +115,56 @@ def supported_architectures(folder: Path) -> frozenset[str]:
     return frozenset()
 
 
-def convert(model: Path, outfile: Path, outtype: str) -> None:
-    """Run ``convert_hf_to_gguf.py``; its own last error line goes into the raised error."""
+def _run_converter(model: Path, outfile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     folder = converter_dir()
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}
-    out = subprocess.run(
+    return subprocess.run(
         [
             sys.executable,
             str(folder / "convert_hf_to_gguf.py"),
             str(model),
             "--outfile",
             str(outfile),
-            "--outtype",
-            outtype,
+            *args,
         ],
         capture_output=True,
         text=True,
         env=env,
     )
+
+
+def _last_error(out: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln.strip() for ln in out.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln or "error" in ln]
+    return (errors or lines or ["no output"])[-1]
+
+
+def convert(model: Path, outfile: Path, outtype: str) -> None:
+    """Run ``convert_hf_to_gguf.py``; its own last error line goes into the raised error."""
+    out = _run_converter(model, outfile, "--outtype", outtype)
     sys.stderr.write(out.stderr[-20000:])
     if out.returncode or not outfile.exists():
-        lines = [ln.strip() for ln in out.stderr.splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "Error" in ln or "ERROR" in ln or "error" in ln]
-        reason = (errors or lines or ["no output"])[-1]
         raise QuantforgeError(
-            f"llama.cpp's convert_hf_to_gguf.py failed on {model.name}: {reason}",
+            f"llama.cpp's convert_hf_to_gguf.py failed on {model.name}: {_last_error(out)}",
             hint="llama.cpp may not support this model yet; see its log above",
         )
+
+
+@functools.cache
+def _vocab_problem(model: Path, stamp: tuple[float, ...]) -> str | None:
+    with tempfile.TemporaryDirectory(prefix="gguf-vocab-") as tmp:
+        out = _run_converter(model, Path(tmp) / "vocab.gguf", "--vocab-only")
+        return _last_error(out) if out.returncode else None
+
+
+def vocab_problem(model: Path) -> str | None:
+    """What llama.cpp's converter says of the model's tokenizer, or ``None`` when it reads it:
+    the converter itself, run with ``--vocab-only`` (seconds; the weights are not read). A BPE
+    tokenizer it does not know by the hash of its output is refused here, before any compute,
+    and so is a SentencePiece family without its ``tokenizer.model``."""
+    files = sorted(p for p in model.glob("tokenizer*") if p.is_file())
+    stamp = tuple(p.stat().st_mtime for p in [model / "config.json", *files] if p.exists())
+    return _vocab_problem(model.resolve(), stamp)
 
 
 def remove_fetched() -> None:

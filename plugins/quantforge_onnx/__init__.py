@@ -30,7 +30,7 @@ from quantforge import (
     Target,
     hookimpl,
 )
-from quantforge.errors import UsageError
+from quantforge.errors import UnsupportedModelError, UsageError
 from quantforge.options import OptionValue
 
 EXTRA = "onnx"
@@ -58,7 +58,7 @@ class OnnxExporter(Exporter):
         if not archs or archs[0] not in known:
             import onnxruntime_genai
 
-            raise UsageError(
+            raise UnsupportedModelError(
                 f"onnx: onnxruntime-genai {onnxruntime_genai.__version__}'s model builder "
                 f"does not support {archs[0] if archs else 'a model without architectures'!r}",
                 hint="export this model to another format (gguf, openvino) or use a newer "
@@ -232,18 +232,18 @@ class OnnxRuntimeTarget(Target):
         if threads:
             overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
             config.overlay(json.dumps(overlay))
-        context = json.loads((artifact.path / "genai_config.json").read_text())["model"][
-            "context_length"
-        ]
-        return OnnxGenaiRuntime(og.Model(config), int(context))
+        genai = json.loads((artifact.path / "genai_config.json").read_text())["model"]
+        window = (genai["decoder"].get("sliding_window") or {}).get("window_size") or 0
+        return OnnxGenaiRuntime(og.Model(config), int(genai["context_length"]), int(window))
 
 
 class OnnxGenaiRuntime(Runtime):
     """An ONNX decoder in onnxruntime-genai, fed token ids directly (never re-tokenized)."""
 
-    def __init__(self, model: Any, context_length: int) -> None:
+    def __init__(self, model: Any, context_length: int, window: int = 0) -> None:
         self.model = model
         self.context_length = context_length
+        self.window = window  # sliding-window attention's window (Gemma 2/3), 0 when none
 
     def _generator(self, length: int) -> Any:
         import onnxruntime_genai as og
@@ -253,8 +253,11 @@ class OnnxGenaiRuntime(Runtime):
                 f"{length} tokens exceed the ONNX model's context of {self.context_length}"
             )
         params = og.GeneratorParams(self.model)
+        # the KV cache is sized by max_length, and a sliding-window layer needs one at least as
+        # long as its window; the caller stops after the tokens it asked for
+        capacity = min(self.context_length, max(length, self.window))
         # min_length = max_length: generation runs its full length even past an EOS token
-        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        params.set_search_options(max_length=capacity, min_length=capacity, do_sample=False)
         return og.Generator(self.model, params)
 
     def logits(self, input_ids: Sequence[int]) -> Any:

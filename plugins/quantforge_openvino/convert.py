@@ -32,6 +32,7 @@ def _cache_wrapper(model: Any) -> Any:
     """A module whose forward takes and returns the KV cache as flat tensors."""
     import torch
     from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
 
     layers = model.config.num_hidden_layers
 
@@ -45,6 +46,10 @@ def _cache_wrapper(model: Any) -> Any:
         ) -> tuple[torch.Tensor, ...]:
             cache = DynamicCache(config=self.model.config)
             for i in range(layers):
+                # full-attention cache layers throughout: a sliding-window layer counts its
+                # length in a Python int, which tracing would freeze; the window itself is in
+                # the attention mask, which the model builds from its config either way
+                cache.layers[i] = DynamicLayer()
                 # set the layer's tensors directly: its lazy first update would trace a
                 # concatenation with an empty tensor that OpenVINO cannot type
                 layer = cache.layers[i]
@@ -75,9 +80,20 @@ def convert(source: Path, output: Path, weights: str) -> dict[str, Any]:
     from openvino._offline_transformations import apply_make_stateful_transformation
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch.float32, attn_implementation="sdpa"
-    ).eval()
+    # trace through SDPA where the family has it; Gemma 2 and others have only eager attention
+    attention = "sdpa"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, attn_implementation=attention
+        )
+    except ValueError as exc:
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        attention = "eager"
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, attn_implementation=attention
+        )
+    model.eval()
     config = model.config
     layers = config.num_hidden_layers
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -114,7 +130,13 @@ def convert(source: Path, output: Path, weights: str) -> dict[str, Any]:
     apply_make_stateful_transformation(ov_model, dict(zip(past_names, present_names, strict=True)))
     ov.save_model(ov_model, output / MODEL_XML, compress_to_fp16=weights == "f16")
     copy_side_files(source, output)
-    return {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim, "weights": weights}
+    return {
+        "layers": layers,
+        "kv_heads": kv_heads,
+        "head_dim": head_dim,
+        "weights": weights,
+        "attention": attention,
+    }
 
 
 def copy_side_files(source: Path, output: Path) -> None:

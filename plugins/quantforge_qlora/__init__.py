@@ -23,6 +23,7 @@ REPORT_FILE = "quantforge-qlora.json"
 
 class QLoRARecovery(Quantizer):
     name = "qlora"
+    quantizes_experts = False  # nn.Linear layers only
     method = "bitsandbytes + QLoRA"
     description = "4-bit bitsandbytes, then a LoRA adapter (peft) trained on the calibration text"
     output_format = "hf+bnb+lora"

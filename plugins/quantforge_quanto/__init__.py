@@ -19,6 +19,7 @@ BITS = {"int8": 8.0, "int4": 4.0, "int2": 2.0}
 
 class QuantoQuantizer(Quantizer):
     name = "quanto"
+    quantizes_experts = False  # nn.Linear layers only
     method = "quanto"
     description = "optimum-quanto int8/int4/int2 weights (no calibration), quanto's own format"
     output_format = "hf+quanto"

@@ -19,6 +19,7 @@ from quantforge.options import OptionValue
 
 class RTNQuantizer(Quantizer):
     name = "rtn"
+    quantizes_experts = False  # nn.Linear layers only
     method = "round-to-nearest"
     description = "group-wise round-to-nearest int4/int8 weights (torch, no calibration)"
     output_format = "hf+rtn"

@@ -21,6 +21,7 @@ SCHEMES = {"int8-weight": 8.0, "int8-dynamic": 8.0, "int4-weight": 4.0}
 
 class TorchAOQuantizer(Quantizer):
     name = "torchao"
+    quantizes_experts = False  # nn.Linear layers only
     method = "torchao"
     description = "torchao int8 weight-only, int8 dynamic activation+weight, int4 weight-only (CPU)"
     output_format = "hf+torchao"

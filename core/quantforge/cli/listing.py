@@ -178,7 +178,43 @@ def _listing(args: argparse.Namespace, kind: str) -> int:
 
 
 def methods_command(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        return _model_support(args)
     return _listing(args, "methods")
+
+
+def _model_support(args: argparse.Namespace) -> int:
+    """``quantforge methods --model PATH``: every preset checked against one model."""
+    from quantforge.support import model_support, read_config
+
+    config = read_config(args.model)
+    rows = model_support(load_plugins(), config, args.model)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return 0
+    from rich.table import Table
+
+    arch = ", ".join(config.get("architectures") or []) or "?"
+    table = Table(
+        "variant", "format", "runs on", "support", title=f"{arch} ({config.get('model_type')})"
+    )
+    colour = {"supported": "green", "refused": "red", "missing": "yellow", "error": "red"}
+    for row in rows:
+        text = row.status if not row.reason else f"{row.status}: {row.reason}"
+        table.add_row(
+            row.variant,
+            row.format,
+            ", ".join(row.runs_on) or "-",
+            f"[{colour[row.status]}]{text}[/{colour[row.status]}]",
+        )
+    console = _console()
+    console.print(table)
+    ok = sum(r.status == "supported" for r in rows)
+    console.print(
+        f"{ok} of {len(rows)} presets support this model. Build some with "
+        f"`quantforge quantize {args.model} --variant METHOD:PRESET`."
+    )
+    return 0
 
 
 def targets_command(args: argparse.Namespace) -> int:

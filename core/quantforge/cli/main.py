@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--json", action="store_true", help="print JSON")
+        if name == "methods":
+            p.add_argument(
+                "--model",
+                type=Path,
+                metavar="PATH",
+                help="check every method's presets against this model folder: which support "
+                "it, which runtimes run each, and why the others refuse (no compute)",
+            )
         p.set_defaults(handler=_lazy("quantforge.cli.listing", f"{name}_command"))
 
     p = sub.add_parser("run", help="run a TOML recipe: build, measure and record every variant")
@@ -299,8 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _executor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--executor",
-        choices=["local", "ray"],
-        help="where steps run: child processes here (default), or Ray tasks",
+        choices=["local", "inline", "ray"],
+        help="where steps run: child processes here (default), this process (inline: no "
+        "start-up per job, no isolation; for tiny models and tests), or Ray tasks",
     )
     p.add_argument(
         "--ray-address",

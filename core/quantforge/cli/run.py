@@ -15,6 +15,8 @@ from quantforge.runner import Reporter, RunSummary
 from quantforge.runner import run as run_config
 
 # The demo: a real instruct model, measured in PyTorch and llama.cpp, estimated on a Pi 5.
+# exit status of a run that ran, but whose preflight refused some variants
+REFUSED_EXIT = 3
 DEMO_VARIANTS = ["base", "rtn:int4", "bnb:nf4", "llamacpp:q8_0", "llamacpp:q4_k_m"]
 DEMO_TARGETS: dict[str, dict[str, Any]] = {"cpu": {}, "llama.cpp": {}, "rpi5": {}}
 TINY_DEMO_VARIANTS = ["base", "rtn:int4", "bnb:nf4", "bnb:int8"]
@@ -159,6 +161,14 @@ def _execute(config: RunConfig, as_json: bool) -> int:
             f"[red]Failed: {', '.join(failed)}[/red] (details above and in the results store)"
         )
         return 1
+    if summary.refused:
+        for name, why in summary.refused.items():
+            reporter.console.print(f"[yellow]Refused {name}[/yellow]: {why}")
+        reporter.console.print(
+            f"{len(summary.refused)} variant(s) refused in preflight, the rest ran "
+            "(exit status 3; `quantforge methods --model PATH` lists what supports this model)"
+        )
+        return REFUSED_EXIT
     return 0
 
 
