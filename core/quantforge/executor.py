@@ -182,9 +182,10 @@ class InlineExecutor(LocalExecutor):
 
     Heavy imports are paid once per run instead of once per job, so a run of many small
     variants (the support-matrix tests, a quick look at a tiny model) is several times
-    faster. There is no isolation and no timeout: a step that crashes the interpreter ends
-    the run, and a measurement of peak memory sees what earlier jobs left. Use ``local``
-    for real runs.
+    faster. There is no isolation and no timeout: a crash ends the run, and a measurement
+    of peak memory sees what earlier jobs left; only steps whose library may end the
+    interpreter on an error (``Step.ends_process_on_error``) still get a worker process. Use
+    ``local`` for real runs.
     """
 
     name = "inline"
@@ -200,6 +201,8 @@ class InlineExecutor(LocalExecutor):
 
         from quantforge import worker
 
+        if self._needs_a_process(job):
+            return super().run(job, label, timeout, on_progress)
         stem = self.stem(label)
         job_path = self.work_dir / f"{stem}.job.json"
         result_path = self.work_dir / f"{stem}.result.json"
@@ -232,6 +235,19 @@ class InlineExecutor(LocalExecutor):
         if code and failure is None:
             failure = describe_exit(code, log_path)
         return JobOutcome(code, failure, result_path, log_path, time.perf_counter() - started)
+
+    @staticmethod
+    def _needs_a_process(job: dict[str, Any]) -> bool:
+        """Steps whose library may end the interpreter run in a worker process."""
+        if job.get("kind") != "steps":
+            return False
+        from quantforge.plugins import load_plugins
+
+        methods = load_plugins().methods
+        return any(
+            getattr(methods.get(step["method"]), "ends_process_on_error", False)
+            for step in job["steps"]
+        )
 
 
 EXECUTORS = ("local", "inline", "ray")

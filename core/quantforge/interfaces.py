@@ -217,6 +217,8 @@ class Step(Component):
     :cvar architectures: ``model_type`` values it can process, or ``None`` for any.
     :cvar group_size_fallback: its default ``group_size`` falls back per weight on widths it
         does not divide (:func:`fitting_group_size`); a size the user writes never does.
+    :cvar ends_process_on_error: its library may end the interpreter; it always runs in a
+        worker process.
     """
 
     input_format: ClassVar[str] = "hf"
@@ -224,6 +226,9 @@ class Step(Component):
     needs_gpu: ClassVar[bool] = False  # a cluster executor runs it where a GPU is
     architectures: ClassVar[frozenset[str] | None] = None
     group_size_fallback: ClassVar[bool] = False
+    # its library ends the interpreter on an error (GPTQModel's worker threads call os._exit):
+    # even the inline executor runs it in a worker process of its own
+    ends_process_on_error: ClassVar[bool] = False
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         """Refuse, before any compute, a model this step cannot process with these options.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import Artifact, Option, OptionSet, Quantizer, StepContext, hookimpl
-from quantforge.errors import UsageError
+from quantforge.errors import UnsupportedModelError, UsageError
 from quantforge.interfaces import gpu_visible
 from quantforge.options import OptionValue
 
@@ -45,6 +45,7 @@ class _GPTQModelMethod(Quantizer):
     extra = "gptq"
     needs_calibration = True
     group_size_fallback = True  # per layer; see fitting_group_size
+    ends_process_on_error = True  # GPTQModel's worker threads call os._exit(1)
 
     def supported_architectures(self) -> frozenset[str] | None:
         from quantforge_gptq.support import gptqmodel_architectures
@@ -131,6 +132,18 @@ class AWQQuantizer(_GPTQModelMethod):
 
     def bits(self, options: Mapping[str, OptionValue]) -> float | None:
         return 4.0
+
+    def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
+        super().check_model(options, config)
+        from quantforge_gptq.support import AWQ_FAILS, gptqmodel_version
+
+        why = AWQ_FAILS.get(str(config.get("model_type")))
+        if why is not None:
+            raise UnsupportedModelError(
+                f"awq: GPTQModel {gptqmodel_version()}'s AWQ fails on "
+                f"{config.get('model_type')!r} models: {why}",
+                hint="use gptq:int4, or llamacpp:q4_k_m",
+            )
 
 
 @hookimpl

@@ -52,6 +52,24 @@ def gptqmodel_architectures() -> frozenset[str] | None:
     return None
 
 
+# Families in GPTQModel's table whose AWQ fails in the installed release on CPU, as
+# tests/test_families.py found (the whole matrix, QUANTFORGE_FAMILIES=all)
+AWQ_FAILS = {
+    "gemma2": "its scale search runs Gemma 2's eager attention on a longer batch than the "
+    "attention mask it captured",
+    "gemma3_text": "its scale search calls Gemma 3's rotary embedding without the layer type",
+}
+
+
+def gptqmodel_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gptqmodel")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def parse_overrides(method: str, text: str) -> list[Rule]:
     return parse_rules(method, text, (2, 3, 4, 8))
 

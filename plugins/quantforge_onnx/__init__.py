@@ -55,6 +55,16 @@ class OnnxExporter(Exporter):
         self.check_available()
         known = supported_architectures()
         archs = list(config.get("architectures") or [])
+        rope = config.get("rope_parameters")
+        if isinstance(rope, dict) and rope and all(isinstance(v, dict) for v in rope.values()):
+            import onnxruntime_genai
+
+            raise UnsupportedModelError(
+                f"onnx: onnxruntime-genai {onnxruntime_genai.__version__}'s model builder reads "
+                "one rope_parameters, and this model has one per attention type "
+                f"({', '.join(rope)})",
+                hint="export this model to gguf or openvino instead",
+            )
         if not archs or archs[0] not in known:
             import onnxruntime_genai
 

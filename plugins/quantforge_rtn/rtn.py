@@ -198,8 +198,12 @@ def load_quantized(path: Path) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     spec = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    from accelerate import init_empty_weights
+
     config = AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
+    # weights on the meta device, buffers real: non-persistent ones (rotary inv_freq, Gemma's
+    # embedding scale) are not in the file, and each module computes its own at construction
+    with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config)
     modules = spec["modules"]
     if isinstance(modules, list):  # written before per-module bits existed
@@ -228,10 +232,4 @@ def load_quantized(path: Path) -> Any:
             f"RTN checkpoint {path} does not match its config: "
             f"unexpected {unexpected[:3]}, not loaded {still_meta[:3]}"
         )
-    # Non-persistent buffers (rotary inv_freq) are not in the file: rebuild their modules.
-    for name, module in list(model.named_modules()):
-        if any(b.is_meta for b in module.buffers(recurse=False)):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, type(module)(config=config))
     return model.eval()
