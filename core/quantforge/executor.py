@@ -184,7 +184,8 @@ class InlineExecutor(LocalExecutor):
     variants (the support-matrix tests, a quick look at a tiny model) is several times
     faster. There is no isolation and no timeout: a crash ends the run, and a measurement
     of peak memory sees what earlier jobs left; only steps whose library may end the
-    interpreter on an error (``Step.ends_process_on_error``) still get a worker process. Use
+    interpreter on an error (``Step.ends_process_on_error``), and measurements of what they
+    built, still get a worker process. Use
     ``local`` for real runs.
     """
 
@@ -215,13 +216,24 @@ class InlineExecutor(LocalExecutor):
         sys.stdout.flush()
         sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
-        with log_path.open("wb") as log:
+        log_path.write_bytes(b"")
+        # both in append mode: what libraries write to the descriptors and what Python code
+        # prints (sys.stdout may be another object: pytest's, rich's) land in order
+        with (
+            log_path.open("ab") as log,
+            log_path.open("a", encoding="utf-8", buffering=1) as text,
+            contextlib.redirect_stdout(text),
+            contextlib.redirect_stderr(text),
+        ):
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
             try:
                 code = worker.run_job(job, result_path)
-            except SystemExit as exc:
+            except SystemExit as exc:  # as the interpreter would: a message is printed, exit 1
                 code = exc.code if isinstance(exc.code, int) else 1
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+                    failure = exc.code
             except Exception as exc:
                 traceback.print_exc()
                 code, failure = 1, f"{type(exc).__name__}: {str(exc).strip()[:300]}"
@@ -238,16 +250,18 @@ class InlineExecutor(LocalExecutor):
 
     @staticmethod
     def _needs_a_process(job: dict[str, Any]) -> bool:
-        """Steps whose library may end the interpreter run in a worker process."""
-        if job.get("kind") != "steps":
+        """Steps whose library may end the interpreter, and measurements of what they built
+        (their kernels run then), get a worker process."""
+        if job.get("kind") == "steps":
+            names = [step["method"] for step in job["steps"]]
+        elif job.get("kind") == "evaluate" and job.get("producer"):
+            names = [job["producer"]]
+        else:
             return False
         from quantforge.plugins import load_plugins
 
         methods = load_plugins().methods
-        return any(
-            getattr(methods.get(step["method"]), "ends_process_on_error", False)
-            for step in job["steps"]
-        )
+        return any(getattr(methods.get(n), "ends_process_on_error", False) for n in names)
 
 
 EXECUTORS = ("local", "inline", "ray")

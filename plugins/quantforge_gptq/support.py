@@ -58,6 +58,7 @@ AWQ_FAILS = {
     "gemma2": "its scale search runs Gemma 2's eager attention on a longer batch than the "
     "attention mask it captured",
     "gemma3_text": "its scale search calls Gemma 3's rotary embedding without the layer type",
+    "phi3": "it cannot pack Phi-3's fused qkv_proj and gate_up_proj (KeyError 'q_zeros')",
 }
 
 

@@ -65,6 +65,21 @@ class OnnxExporter(Exporter):
                 f"({', '.join(rope)})",
                 hint="export this model to gguf or openvino instead",
             )
+        rope_type = (rope or {}).get("rope_type") if isinstance(rope, dict) else None
+        original = config.get("original_max_position_embeddings")
+        if (
+            config.get("model_type") == "phi3"
+            and original
+            and original != config.get("max_position_embeddings")
+            and rope_type != "longrope"
+        ):
+            raise UnsupportedModelError(
+                "onnx: the model builder takes a Phi-3 whose max_position_embeddings "
+                f"({config.get('max_position_embeddings')}) differs from "
+                f"original_max_position_embeddings ({original}) for a LongRoPE model, and "
+                f"this one's rope is {rope_type or 'default'!r}",
+                hint="set the two equal (a 4k Phi-3) or export to gguf or openvino",
+            )
         if not archs or archs[0] not in known:
             import onnxruntime_genai
 

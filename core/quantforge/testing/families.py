@@ -107,7 +107,13 @@ FAMILIES: dict[str, Family] = {
             "Gemma 3 text (5:1 local/global attention, sliding window 512)",
             {"query_pre_attn_scalar": 64, "sliding_window": 512},
         ),
-        Family("phi3", "phi3", SENTENCEPIECE, "Phi-3 (fused qkv and gate/up projections)"),
+        Family(
+            "phi3",
+            "phi3",
+            SENTENCEPIECE,
+            "Phi-3 mini 4k (fused qkv and gate/up projections)",
+            {"max_position_embeddings": 4096, "original_max_position_embeddings": 4096},
+        ),
         Family(
             "gpt_neox",
             "gpt_neox",
