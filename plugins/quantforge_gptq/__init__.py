@@ -54,6 +54,15 @@ class _GPTQModelMethod(Quantizer):
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         super().check_model(options, config)
+        from quantforge_gptq.support import FAILS, gptqmodel_version
+
+        why = FAILS.get((self.name, str(config.get("model_type"))))
+        if why is not None:
+            raise UnsupportedModelError(
+                f"{self.name}: GPTQModel {gptqmodel_version()} fails on "
+                f"{config.get('model_type')!r} models: {why}",
+                hint="`quantforge methods --model PATH` lists what supports it",
+            )
         if options["device"] == "cuda" and not gpu_visible():
             raise UsageError(
                 f"{self.name}: device 'cuda' was asked for, and this machine has no visible GPU",
@@ -132,18 +141,6 @@ class AWQQuantizer(_GPTQModelMethod):
 
     def bits(self, options: Mapping[str, OptionValue]) -> float | None:
         return 4.0
-
-    def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
-        super().check_model(options, config)
-        from quantforge_gptq.support import AWQ_FAILS, gptqmodel_version
-
-        why = AWQ_FAILS.get(str(config.get("model_type")))
-        if why is not None:
-            raise UnsupportedModelError(
-                f"awq: GPTQModel {gptqmodel_version()}'s AWQ fails on "
-                f"{config.get('model_type')!r} models: {why}",
-                hint="use gptq:int4, or llamacpp:q4_k_m",
-            )
 
 
 @hookimpl

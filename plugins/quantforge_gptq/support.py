@@ -52,13 +52,19 @@ def gptqmodel_architectures() -> frozenset[str] | None:
     return None
 
 
-# Families in GPTQModel's table whose AWQ fails in the installed release on CPU, as
-# tests/test_families.py found (the whole matrix, QUANTFORGE_FAMILIES=all)
-AWQ_FAILS = {
-    "gemma2": "its scale search runs Gemma 2's eager attention on a longer batch than the "
-    "attention mask it captured",
-    "gemma3_text": "its scale search calls Gemma 3's rotary embedding without the layer type",
-    "phi3": "it cannot pack Phi-3's fused qkv_proj and gate_up_proj (KeyError 'q_zeros')",
+# Families in GPTQModel's table that its GPTQ or AWQ fails on in the installed release on
+# CPU, as tests/test_families.py found them (the whole matrix: QUANTFORGE_FAMILIES=all)
+LOADS_LM_HEAD = "it looks for GPT-NeoX's untied output layer (embed_out) as lm_head"
+FAILS = {
+    ("awq", "gemma2"): "its scale search runs Gemma 2's eager attention on a longer batch "
+    "than the attention mask it captured",
+    ("awq", "gemma3_text"): "its scale search calls Gemma 3's rotary embedding without the "
+    "layer type",
+    ("awq", "phi3"): "it cannot pack Phi-3's fused qkv_proj and gate_up_proj (KeyError 'q_zeros')",
+    ("gptq", "phi3"): "the quantized model's CPU kernels index out of bounds on Phi-3's fused "
+    "projections (IndexError, or an abort)",
+    ("gptq", "gpt_neox"): LOADS_LM_HEAD,
+    ("awq", "gpt_neox"): LOADS_LM_HEAD,
 }
 
 

@@ -11,8 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import Artifact, Option, OptionSet, Quantizer, StepContext, hookimpl
+from quantforge.errors import UnsupportedModelError
 from quantforge.interfaces import check_group_size
 from quantforge.options import OptionValue
+
+# families whose decoder blocks are not at model.layers, where HQQ's model patcher looks
+BLOCKS_ELSEWHERE = {
+    "gpt_neox": "gpt_neox.layers",
+    "gpt2": "transformer.h",
+    "gptj": "transformer.h",
+    "bloom": "transformer.h",
+    "falcon": "transformer.h",
+}
 
 
 class HQQQuantizer(Quantizer):
@@ -40,6 +50,13 @@ class HQQQuantizer(Quantizer):
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         super().check_model(options, config)
+        blocks = BLOCKS_ELSEWHERE.get(str(config.get("model_type")))
+        if blocks is not None:
+            raise UnsupportedModelError(
+                f"hqq: HQQ's AutoHQQHFModel finds decoder blocks at model.layers, and "
+                f"{config.get('model_type')!r} models keep them at {blocks}",
+                hint="use quanto, bnb or torchao for this family",
+            )
         check_group_size(self.name, int(options["group_size"]), config)
 
     def quantize(

@@ -93,10 +93,9 @@ class GGUFExporter(Exporter):
         problem = vocab_problem(model)
         if problem is not None:
             raise UnsupportedModelError(
-                f"gguf: llama.cpp's converter (llama-cpp-python {llama_cpp_version()}) cannot "
-                f"read this model's tokenizer: {problem}",
-                hint="llama.cpp converts the tokenizers of the releases it lists; export to "
-                "onnx or openvino instead",
+                f"gguf: llama.cpp (llama-cpp-python {llama_cpp_version()}) cannot take this "
+                f"model: {problem}",
+                hint="export to onnx or openvino instead",
             )
 
     def export(

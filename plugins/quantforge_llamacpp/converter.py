@@ -150,18 +150,36 @@ def convert(model: Path, outfile: Path, outtype: str) -> None:
         )
 
 
+# loads a vocab-only GGUF with llama.cpp itself; what it says on failure is on stderr
+_LOAD_VOCAB = (
+    "import sys\nfrom llama_cpp import Llama\n"
+    "Llama(model_path=sys.argv[1], vocab_only=True, verbose=True)"
+)
+
+
 @functools.cache
 def _vocab_problem(model: Path, stamp: tuple[float, ...]) -> str | None:
     with tempfile.TemporaryDirectory(prefix="gguf-vocab-") as tmp:
-        out = _run_converter(model, Path(tmp) / "vocab.gguf", "--vocab-only")
-        return _last_error(out) if out.returncode else None
+        vocab = Path(tmp) / "vocab.gguf"
+        out = _run_converter(model, vocab, "--vocab-only")
+        if out.returncode:
+            return f"its converter fails: {_last_error(out)}"
+        loaded = subprocess.run(
+            [sys.executable, "-c", _LOAD_VOCAB, str(vocab)], capture_output=True, text=True
+        )
+        if loaded.returncode:
+            lines = [ln for ln in loaded.stderr.splitlines() if "error loading model" in ln]
+            reason = lines[-1].split(": ", 1)[-1] if lines else _last_error(loaded)
+            return f"llama.cpp cannot load the converted vocabulary: {reason}"
+    return None
 
 
 def vocab_problem(model: Path) -> str | None:
-    """What llama.cpp's converter says of the model's tokenizer, or ``None`` when it reads it:
-    the converter itself, run with ``--vocab-only`` (seconds; the weights are not read). A BPE
-    tokenizer it does not know by the hash of its output is refused here, before any compute,
-    and so is a SentencePiece family without its ``tokenizer.model``."""
+    """Why llama.cpp cannot take the model's config and tokenizer, or ``None``: its converter
+    run with ``--vocab-only`` (seconds; the weights are not read), then llama.cpp loading
+    that vocabulary. A BPE tokenizer the converter does not know by the hash of its output,
+    a config field it lacks, a vocabulary llama.cpp cannot load: all are refused here,
+    before any compute."""
     files = sorted(p for p in model.glob("tokenizer*") if p.is_file())
     stamp = tuple(p.stat().st_mtime for p in [model / "config.json", *files] if p.exists())
     return _vocab_problem(model.resolve(), stamp)

@@ -49,8 +49,9 @@ class QLoRARecovery(Quantizer):
             Option(
                 "target_modules",
                 str,
-                "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-                "comma-separated module names that get adapters",
+                "all-linear",
+                "comma-separated module names that get adapters, or all-linear (every "
+                "linear layer but the output head, whatever the family calls them)",
             ),
         ],
         presets={"nf4": {"quant_type": "nf4"}, "fp4": {"quant_type": "fp4"}},

@@ -31,7 +31,10 @@ def quantize_and_train(
     model.save_pretrained(output)
     copy_tokenizer_files(source, output)
 
-    targets = [m.strip() for m in str(options["target_modules"]).split(",") if m.strip()]
+    given = str(options["target_modules"]).strip()
+    targets: str | list[str] = (
+        given if given == "all-linear" else [m.strip() for m in given.split(",") if m.strip()]
+    )
     lora = LoraConfig(
         r=int(options["rank"]),
         lora_alpha=int(options["alpha"]),
