@@ -220,11 +220,11 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
             refused.append((plan, why))
             continue
         _check_chosen_group_size(plugins, plan, model_config)
-    if refused and len(refused) == len(plans):
+    asked = [p for p in plans if p.steps or p.path is not None]  # not base: always there
+    if refused and len(refused) == len(asked):
         raise UnsupportedModelError(
-            "every variant was refused: "
-            + "; ".join(f"{p.spec.name}: {why}" for p, why in refused),
-            hint="`quantforge methods --model PATH` lists the methods that can process it",
+            ("" if len(refused) == 1 else "every variant was refused: ")
+            + "; ".join(f"{p.spec.name}: {why}" for p, why in refused)
         )
     plans = [p for p in plans if all(p is not r for r, _ in refused)]
     _check_contexts(config, targets, model_config)

@@ -65,6 +65,7 @@ class Family:
     title: str
     config: dict[str, Any] = field(default_factory=dict)
     moe: bool = False
+    note: str = ""  # what a reader of the support matrix should know of this tiny model
 
     def key(self) -> str:
         blob = json.dumps(
@@ -85,6 +86,9 @@ FAMILIES: dict[str, Family] = {
             BPE,
             "Qwen2.5 (tied embeddings, qkv bias)",
             {"tie_word_embeddings": True},
+            note="transformers applies Qwen2's pre-tokenizer rules to any qwen2 folder, so "
+            "this tiny model's tokenizer is SmolLM2's vocabulary under Qwen's rules, which "
+            "llama.cpp does not know by its hash; real Qwen2 releases convert",
         ),
         Family(
             "qwen3",
@@ -134,6 +138,7 @@ FAMILIES: dict[str, Family] = {
                 "num_experts_per_tok": 2,
                 "moe_intermediate_size": 192,
                 "decoder_sparse_step": 1,
+                "norm_topk_prob": True,  # as Qwen3-MoE ships (transformers' default is False)
             },
             moe=True,
         ),

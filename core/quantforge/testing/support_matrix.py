@@ -60,7 +60,8 @@ def render(results: Mapping[str, Any]) -> str:
         lines.append(f"| {family} (`{info['model_type']}`) | " + " | ".join(row) + " |")
     lines += ["", "## Families", ""]
     for family, info in families.items():
-        lines.append(f"- **{family}**: {info['title']}; tokenizer: {info['tokenizer']}.")
+        note = f" {info['note']}." if info.get("note") else ""
+        lines.append(f"- **{family}**: {info['title']}; tokenizer: {info['tokenizer']}.{note}")
     if reasons:
         lines += ["", "## Why a cell is refused", ""]
         lines += [f"{i}. {reason}" for i, reason in enumerate(reasons, 1)]
