@@ -573,35 +573,22 @@ class Runner:
     ) -> None:
         links = self.config.output / "variants"
         links.mkdir(exist_ok=True)
-        for vplan, why in plan.refused:
-            stale = links / vplan.spec.name
-            if stale.is_symlink() or stale.exists():
-                stale.unlink()
-            store.record_variant(
-                run_id,
-                provenance.now(),
-                name=vplan.spec.name,
-                spec=self._spec_json(vplan),
-                method=vplan.method_label,
-                bits=vplan.bits,
-                format=vplan.format,
-                path=None,
-                artifact_key=vplan.key,
-                steps=[s.describe() for s in vplan.steps],
-                status="refused",
-                error=why,
-                precision=None,
-                calibration=None,
-            )
+        # (plan, status, error): refused in preflight, then built or failed
+        outcomes: list[tuple[VariantPlan, str, str | None]] = [
+            (vplan, "refused", why) for vplan, why in plan.refused
+        ]
         for vplan in plan.plans:
             error = next((failures[s.key] for s in vplan.steps if s.key in failures), None)
-            path = self._variant_path(plan, vplan)
+            outcomes.append((vplan, "ok" if error is None else "failed", error))
+            summary.variants[vplan.spec.name] = "ok" if error is None else f"failed: {error}"
+        for vplan, status, error in outcomes:
+            path = self._variant_path(plan, vplan) if status == "ok" else None
             link = links / vplan.spec.name
             if link.is_symlink() or link.exists():
                 link.unlink()
-            if error is None:
+            if path is not None:
                 link.symlink_to(path, target_is_directory=True)
-            summary.variants[vplan.spec.name] = "ok" if error is None else f"failed: {error}"
+            calibrates = status != "refused" and any(s.calibration for s in vplan.steps)
             store.record_variant(
                 run_id,
                 provenance.now(),
@@ -610,15 +597,13 @@ class Runner:
                 method=vplan.method_label,
                 bits=vplan.bits,
                 format=vplan.format,
-                path=str(path) if error is None else None,
+                path=str(path) if path is not None else None,
                 artifact_key=vplan.key,
                 steps=[s.describe() for s in vplan.steps],
-                status="ok" if error is None else "failed",
+                status=status,
                 error=error,
-                precision=artifacts.read_precision(path) if error is None else None,
-                calibration=self._calibration_record(plan)
-                if any(s.calibration for s in vplan.steps)
-                else None,
+                precision=artifacts.read_precision(path) if path is not None else None,
+                calibration=self._calibration_record(plan) if calibrates else None,
             )
 
     @staticmethod
