@@ -146,6 +146,10 @@ class NoAnswerError(QuantforgeError):
     exit_code = 2
 
 
+class DiskFullError(QuantforgeError):
+    """The disk that the run or the cache writes to is full; what finished is kept."""
+
+
 class ExecutorError(QuantforgeError):
     """The chosen executor cannot start (say, its cluster is unreachable)."""
 

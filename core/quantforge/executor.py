@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def describe_exit(returncode: int, log: Path) -> str:
     if returncode == -signal.SIGKILL or returncode == 137:
         return "worker was killed (SIGKILL: out of memory?)"
     if returncode < 0:
-        return f"worker died from signal {signal.Signals(-returncode).name}"
+        detail = _last_error_line(log)
+        why = " (out of memory: std::bad_alloc)" if "bad_alloc" in detail else ""
+        return f"worker died from signal {signal.Signals(-returncode).name}{why}"
     detail = _last_error_line(log)
     return f"worker exited with status {returncode}" + (f": {detail}" if detail else "")
 
@@ -151,14 +154,20 @@ def run_job(
 
 
 class LocalExecutor:
-    """Runs jobs as child processes of this one, one at a time."""
+    """Runs jobs as child processes of this one, one at a time; ``memory_limit`` (bytes)
+    caps each worker's address space (RLIMIT_AS), so a step that needs more fails alone."""
 
     name = "local"
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, memory_limit: int | None = None) -> None:
         self.work_dir = work_dir
+        self.memory_limit = memory_limit
         work_dir.mkdir(parents=True, exist_ok=True)
         self._count = 0
+
+    def limited(self, job: dict[str, Any]) -> dict[str, Any]:
+        """``job`` with the worker memory limit the worker applies to itself."""
+        return {**job, "memory_limit": self.memory_limit} if self.memory_limit else job
 
     def stem(self, label: str) -> str:
         self._count += 1
@@ -171,7 +180,18 @@ class LocalExecutor:
         timeout: float,
         on_progress: ProgressCallback | None = None,
     ) -> JobOutcome:
-        return run_job(job, self.work_dir, self.stem(label), timeout, on_progress)
+        return run_job(self.limited(job), self.work_dir, self.stem(label), timeout, on_progress)
+
+    def move_to(self, work_dir: Path) -> None:
+        """Carry the files of jobs run so far to ``work_dir`` and write there from now on."""
+        work_dir.parent.mkdir(parents=True, exist_ok=True)
+        if work_dir.exists():
+            for item in self.work_dir.iterdir():
+                shutil.move(str(item), str(work_dir / item.name))
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        else:
+            shutil.move(str(self.work_dir), str(work_dir))
+        self.work_dir = work_dir
 
     def close(self) -> None:
         """Nothing to release."""
@@ -267,19 +287,28 @@ class InlineExecutor(LocalExecutor):
 EXECUTORS = ("local", "inline", "ray")
 
 
-def make_executor(kind: str, work_dir: Path, address: str | None = None) -> LocalExecutor:
+def make_executor(
+    kind: str, work_dir: Path, address: str | None = None, memory_limit: int | None = None
+) -> LocalExecutor:
     """``local`` (child processes, the default), ``inline`` (this process; for tests and quick
     looks) or ``ray`` (Ray tasks, local or a cluster)."""
+    from quantforge.errors import UsageError
+
     if kind in ("local", "inline"):
         if address:
-            from quantforge.errors import UsageError
-
             raise UsageError("--ray-address goes with --executor ray")
-        return LocalExecutor(work_dir) if kind == "local" else InlineExecutor(work_dir)
+        if kind == "inline" and memory_limit:
+            raise UsageError(
+                "--worker-memory caps worker processes, and --executor inline starts none",
+                hint="use --executor local (the default) or ray",
+            )
+        return (
+            LocalExecutor(work_dir, memory_limit) if kind == "local" else InlineExecutor(work_dir)
+        )
     if kind == "ray":
         from quantforge.ray_executor import RayExecutor
 
-        return RayExecutor(work_dir, address)
+        return RayExecutor(work_dir, address, memory_limit)
     from quantforge.errors import UnknownNameError
 
     raise UnknownNameError("executor", kind, EXECUTORS)

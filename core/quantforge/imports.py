@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantforge.artifacts import check_hf_folder
 from quantforge.errors import ModelSourceError
+from quantforge.model_source import check_model_files
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,10 @@ class ImportedCheckpoint:
     quantization: dict[str, Any]
 
 
-def inspect_checkpoint(path: Path) -> ImportedCheckpoint:
-    """Read what ``path`` holds; raise :class:`ModelSourceError` if it is not a model folder."""
-    check_hf_folder(path)
+def inspect_checkpoint(path: Path, *, allow_pickle: bool = False) -> ImportedCheckpoint:
+    """Read what ``path`` holds; raise :class:`ModelSourceError` if it is not a model folder,
+    its safetensors are cut short, or its weights are pickle only and ``allow_pickle`` is off."""
+    check_model_files(path, allow_pickle=allow_pickle, what="imported checkpoint")
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except ValueError as exc:

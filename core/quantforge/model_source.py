@@ -10,6 +10,7 @@ from pathlib import Path
 
 from quantforge.artifacts import check_hf_folder
 from quantforge.errors import ModelSourceError
+from quantforge.model_checks import check_pickle, check_safetensors
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,28 @@ def looks_like_hub_id(ref: str) -> bool:
     return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~"))
 
 
+def check_model_files(
+    path: Path, *, allow_pickle: bool = False, what: str = "model folder"
+) -> None:
+    """A readable HF folder whose safetensors are whole, and whose weights are not pickle
+    only unless ``allow_pickle`` (see :mod:`quantforge.model_checks`)."""
+    check_hf_folder(path)
+    check_safetensors(path)
+    check_pickle(path, allow=allow_pickle, what=what)
+
+
 def resolve_model(
-    ref: str, revision: str | None = None, cache_dir: Path | None = None
+    ref: str,
+    revision: str | None = None,
+    cache_dir: Path | None = None,
+    *,
+    allow_pickle: bool = False,
 ) -> BaseModel:
-    """Find the base model: a local folder, else a Hub repo fetched with huggingface_hub."""
+    """Find the base model: a local folder, else a Hub repo fetched with huggingface_hub.
+    Pickle weights are refused unless ``allow_pickle`` (and only then fetched)."""
     path = Path(ref).expanduser()
     if path.exists() or not looks_like_hub_id(ref):
-        check_hf_folder(path)
+        check_model_files(path, allow_pickle=allow_pickle)
         return BaseModel(ref, path.resolve(), None, content_hash(path, cache_dir))
     try:
         from huggingface_hub import snapshot_download
@@ -97,7 +113,15 @@ def resolve_model(
             snapshot_download(
                 ref,
                 revision=revision,
-                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.md"],
+                allow_patterns=[
+                    "*.json",
+                    "*.safetensors",
+                    "*.model",
+                    "*.txt",
+                    "*.jinja",
+                    "*.md",
+                    *(["*.bin"] if allow_pickle else []),
+                ],
             )
         )
     except LocalEntryNotFoundError:
@@ -107,5 +131,5 @@ def resolve_model(
         ) from None
     except HfHubHTTPError as exc:
         raise ModelSourceError(f"cannot fetch {ref!r} from the Hub: {exc}") from None
-    check_hf_folder(local)
+    check_model_files(local, allow_pickle=allow_pickle)
     return BaseModel(ref, local, local.name, content_hash(local, cache_dir))

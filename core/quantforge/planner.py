@@ -172,14 +172,17 @@ def plan_variant(
     base_key: str,
     base_format: str = "hf",
     calibration: str | None = None,
+    *,
+    allow_pickle: bool = False,
 ) -> VariantPlan:
     """Plan ``spec``; raise before any compute on an unknown method, bad option or no chain.
 
     ``calibration`` is the calibration set's fingerprint; it enters the key of every
-    step that calibrates.
+    step that calibrates. An imported checkpoint whose weights are pickle only is refused
+    unless ``allow_pickle``.
     """
     if spec.source is not None:
-        return _plan_import(plugins, spec)
+        return _plan_import(plugins, spec, allow_pickle=allow_pickle)
     if spec.method is None:
         return VariantPlan(spec, (), base_format, base_key, None, "unquantized")
     last: Method = plugins.methods.get(spec.method)
@@ -227,13 +230,13 @@ def plan_variant(
     return VariantPlan(spec, tuple(steps), last.output_format, key, bits, label, producer=producer)
 
 
-def _plan_import(plugins: Plugins, spec: VariantSpec) -> VariantPlan:
+def _plan_import(plugins: Plugins, spec: VariantSpec, *, allow_pickle: bool) -> VariantPlan:
     """An existing checkpoint: nothing to build; its loader must be installed."""
     from quantforge.imports import inspect_checkpoint
     from quantforge.model_source import content_hash
 
     assert spec.source is not None
-    found = inspect_checkpoint(Path(spec.source))
+    found = inspect_checkpoint(Path(spec.source), allow_pickle=allow_pickle)
     if found.producer is not None:
         if found.producer not in plugins.methods:
             raise PlanError(

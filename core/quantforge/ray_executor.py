@@ -86,14 +86,16 @@ class RayExecutor(LocalExecutor):
 
     name = "ray"
 
-    def __init__(self, work_dir: Path, address: str | None = None) -> None:
+    def __init__(
+        self, work_dir: Path, address: str | None = None, memory_limit: int | None = None
+    ) -> None:
         try:
             import ray
         except ImportError:
             raise MissingDependencyError("--executor ray", ["ray"], "ray") from None
         if address and not ray.is_initialized():
             _reachable(address)
-        super().__init__(work_dir)
+        super().__init__(work_dir, memory_limit)
         self.ray = ray
         self.started_here = False
         if not ray.is_initialized():
@@ -118,7 +120,7 @@ class RayExecutor(LocalExecutor):
         watcher = ProgressWatcher(self.work_dir / f"{stem}.progress.json", on_progress)
         options = ray_options(job.get("resources") or {"CPU": 1})
         ref = self.task.options(**options, max_retries=RETRIES).remote(
-            job, str(self.work_dir), stem, timeout
+            self.limited(job), str(self.work_dir), stem, timeout
         )
         try:
             while not self.ray.wait([ref], timeout=1.0)[0]:

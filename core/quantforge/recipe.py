@@ -30,6 +30,8 @@ A recipe (top-level keys such as ``variants`` come before the first ``[table]``)
     output = "runs/demo"
     seed = 0
     step_timeout = 3600
+    allow_pickle = false          # true: load pickle weights (they can run code) you trust
+    worker_memory = "8GB"         # optional: cap each worker's address space (RLIMIT_AS)
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class RunConfig:
     search: SearchSettings | None = None  # a [search] table: search instead of building variants
     executor: str = "local"  # or "ray"
     ray_address: str | None = None  # an existing Ray cluster (default: start a local instance)
+    allow_pickle: bool = False  # load pickle weights (they can run code): only when trusted
+    worker_memory: int | None = None  # bytes of address space per worker (RLIMIT_AS)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -93,6 +97,8 @@ class RunConfig:
             "seed": self.seed,
             "step_timeout": self.step_timeout,
             "executor": self.executor,
+            "allow_pickle": self.allow_pickle,
+            "worker_memory": self.worker_memory,
         }
 
 
@@ -256,7 +262,19 @@ def parse_recipe(
     _keys("[data]", data_table, {"eval_text"})
     calibration = _calibration(data.get("calibration"), base_dir)
     run = _expect("[run]", data.get("run", {}), dict, "a table")
-    _keys("[run]", run, {"output", "seed", "step_timeout", "executor", "ray_address"})
+    _keys(
+        "[run]",
+        run,
+        {
+            "output",
+            "seed",
+            "step_timeout",
+            "executor",
+            "ray_address",
+            "allow_pickle",
+            "worker_memory",
+        },
+    )
 
     def file(key: str) -> Path | None:
         if key not in data_table:
@@ -288,7 +306,43 @@ def parse_recipe(
             "run.executor", run.get("executor", "local"), str, '"local", "inline" or "ray"'
         ),
         ray_address=run.get("ray_address"),
+        allow_pickle=_expect(
+            "run.allow_pickle", run.get("allow_pickle", False), bool, "true or false"
+        ),
+        worker_memory=_worker_memory(run.get("worker_memory")),
     )
+
+
+SIZE_UNITS = {"": 2**20, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """``512MB``, ``4GB``, ``1.5G`` or ``8GiB`` (a bare number is MB) -> bytes above 0;
+    :class:`ValueError` with the reason otherwise."""
+    import math
+
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("i")
+    digits = cleaned.rstrip("kmgb")
+    unit = cleaned[len(digits) :]
+    try:
+        value = float(digits) if unit in SIZE_UNITS else math.nan
+    except ValueError:
+        value = math.nan
+    if math.isnan(value):
+        raise ValueError(f"{text!r} is not a size such as 512MB or 4GB")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be above 0, not {text}")
+    return int(value * SIZE_UNITS[unit])
+
+
+def _worker_memory(value: Any) -> int | None:
+    if value is None:
+        return None
+    text = str(_expect("run.worker_memory", value, (str, int), 'a size such as "8GB"'))
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise RecipeError(f"run.worker_memory: {exc}") from None
 
 
 def _search(value: Any) -> SearchSettings:

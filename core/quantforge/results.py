@@ -8,6 +8,8 @@ always be traced to the run that produced it.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -99,6 +101,17 @@ class ResultsStore:
     def start_run(
         self, run_id: str, started: str, base: Mapping[str, Any], config: Mapping[str, Any]
     ) -> None:
+        """Record a run as ``running``, with the host process that runs it (so that a later
+        run can tell it was killed), and mark earlier runs whose host died as ``killed``."""
+        import psutil
+
+        host = {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "created": psutil.Process().create_time(),
+        }
+        config = {**config, "host": host}
+        self.mark_killed_runs(started)
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, ?, ?)",
@@ -111,6 +124,25 @@ class ResultsStore:
                     json.dumps(config),
                 ),
             )
+
+    def mark_killed_runs(self, now: str) -> list[str]:
+        """Runs still ``running`` whose host process on this machine is gone (killed by
+        SIGKILL, the OOM killer, a power cut) become ``killed``; returns their ids."""
+        killed = []
+        for row in self.db.execute("SELECT run_id, config FROM runs WHERE status='running'"):
+            host = json.loads(row["config"]).get("host") or {}
+            if host.get("hostname") == socket.gethostname() and not _alive(
+                host.get("pid"), host.get("created")
+            ):
+                killed.append(row["run_id"])
+        with self.transaction() as db:
+            for run_id in killed:
+                db.execute(
+                    "UPDATE runs SET finished=?, status='killed' WHERE run_id=? "
+                    "AND status='running'",
+                    (now, run_id),
+                )
+        return killed
 
     def finish_run(self, run_id: str, finished: str, status: str) -> None:
         with self.transaction() as db:
@@ -244,3 +276,19 @@ class ResultsStore:
                 )
             )
         return out
+
+
+def _alive(pid: Any, created: Any) -> bool:
+    """Whether process ``pid``, started at ``created``, still runs on this machine (a
+    recycled pid started later is another process)."""
+    import psutil
+
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # another user's process: assume it is the host
+        return True
+    return not isinstance(created, int | float) or abs(started - created) < 1.0

@@ -8,6 +8,7 @@ variant's failure and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,20 +22,27 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import __version__ as quantforge_version
-from quantforge import artifacts, provenance
+from quantforge import artifacts, locks, provenance, worker
 from quantforge.calibration import CalibrationSpec
 from quantforge.calibration import fingerprint as calibration_fingerprint
 from quantforge.devices import DeviceProfile, footprint_from_config, footprint_of
-from quantforge.errors import QuantforgeError, RecipeError, UnsupportedModelError, UsageError
+from quantforge.errors import (
+    DiskFullError,
+    QuantforgeError,
+    RecipeError,
+    UnsupportedModelError,
+    UsageError,
+)
 from quantforge.executor import JobOutcome, LocalExecutor, make_executor
 from quantforge.gguf_base import SOURCE_FILE
 from quantforge.interfaces import Artifact, Evaluator, Target, check_group_size
+from quantforge.model_checks import check_shipped_code
 from quantforge.model_source import BaseModel, resolve_model
 from quantforge.planner import VariantPlan, needs_calibration, plan_variant
 from quantforge.plugins import Plugins, load_plugins
 from quantforge.recipe import RunConfig
 from quantforge.results import ResultsStore
-from quantforge.support import refusal
+from quantforge.support import read_config, refusal
 
 
 def default_cache_dir() -> Path:
@@ -81,6 +89,8 @@ class Preflight:
     # variants a step cannot process this model for (architecture, shapes), with the reason;
     # the others run
     refused: list[tuple[VariantPlan, str]] = field(default_factory=list)
+    # things the user should know that do not stop the run (shipped code that is ignored)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,12 +119,23 @@ class RunSummary:
 
 
 def builtin_text_file(cache_dir: Path, name: str, text: str) -> Path:
-    """A built-in text (held-out or calibration sample) as a file in the cache, kept current."""
+    """A built-in text (held-out or calibration sample) as a file in the cache, kept current
+    (replaced whole, so a run reading it beside another never sees half of it)."""
     path = cache_dir / "data" / name
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
     return path
+
+
+def _atomic_copy(source: Path, path: Path) -> None:
+    """Copy ``source`` to ``path`` so that ``path`` is never seen half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.copy(source, tmp)
+    tmp.replace(path)
 
 
 def _base_source(path: Path) -> dict[str, Any] | None:
@@ -197,7 +218,10 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
         if inputs:
             version = f"{version}; inputs {inputs}"
         evaluators.append((evaluator, options, version))
-    base = resolve_model(config.model, config.revision, cache_dir)
+    base = resolve_model(config.model, config.revision, cache_dir, allow_pickle=config.allow_pickle)
+    model_config = read_config(base.path)
+    shipped = check_shipped_code(base.path, model_config)
+    notes = [shipped] if shipped else []
     if config.eval_text is not None:
         eval_text, eval_source = config.eval_text, f"the file {config.eval_text.name}"
     else:
@@ -210,9 +234,11 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
         calibration_spec = config.calibration or builtin_calibration(cache_dir, base.path)
         calibration = calibration_fingerprint(calibration_spec)
     plans = [
-        plan_variant(plugins, spec, base_key, calibration=calibration) for spec in config.variants
+        plan_variant(
+            plugins, spec, base_key, calibration=calibration, allow_pickle=config.allow_pickle
+        )
+        for spec in config.variants
     ]
-    model_config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
     refused = []
     for plan in plans:
         why = refusal(plugins, plan, model_config, base.path)
@@ -244,6 +270,7 @@ def preflight(config: RunConfig, plugins: Plugins, cache_dir: Path) -> Preflight
         eval_source,
         calibration_spec,
         refused,
+        notes,
     )
 
 
@@ -293,6 +320,18 @@ def _check_contexts(
             )
 
 
+def _set_link(link: Path, target: Path | None) -> None:
+    """Point ``link`` at ``target`` (or remove it) in one step: a run beside this one that
+    writes the same link never sees it missing, and neither fails."""
+    if target is None:
+        link.unlink(missing_ok=True)
+        return
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    tmp.replace(link)
+
+
 def _worker_message(outcome: JobOutcome) -> str:
     """The worker's own one-line error when it wrote one, else how it ended."""
     if outcome.result_path.exists():
@@ -334,16 +373,32 @@ class Runner:
         plan = preflight(self.config, self.plugins, self.cache_dir)
         for info in self.plugins.errors():
             self.reporter.note(f"plugin {info.name} is not loaded: {info.errors[0]}")
+        for note in plan.notes:
+            self.reporter.note(note)
         for vplan, why in plan.refused:
             self.reporter.note(f"refused {vplan.spec.name}: {why}")
         output = self.config.output
         run_id = provenance.now().replace(":", "").replace("-", "") + "-" + uuid.uuid4().hex[:6]
-        # the executor first: one that cannot start leaves no run folder behind
+        # The executor first, then the texts tokenized (calibration data that is too short
+        # fails here): a run that cannot start leaves no run folder behind. Their logs wait
+        # in the cache until the run folder exists.
         executor = make_executor(
-            self.config.executor, output / "logs" / run_id, self.config.ray_address
+            self.config.executor,
+            self.cache_dir / "staging" / run_id,
+            self.config.ray_address,
+            self.config.worker_memory,
         )
-        output.mkdir(parents=True, exist_ok=True)
-        store = ResultsStore(output, create=True)
+        try:
+            tokens = self._tokenize(executor, plan)
+            self._calibration_rows = self._calibrate(executor, plan)
+            output.mkdir(parents=True, exist_ok=True)
+            executor.move_to(output / "logs" / run_id)
+            store = ResultsStore(output, create=True)
+        except BaseException as exc:
+            executor.close()
+            if isinstance(exc, UsageError):  # said in full; no log to point at
+                shutil.rmtree(executor.work_dir, ignore_errors=True)
+            raise
         base = plan.base
         store.start_run(
             run_id,
@@ -353,21 +408,21 @@ class Runner:
                 **self.config.describe(),
                 "eval_text_source": plan.eval_source,
                 "base_source": _base_source(base.path),
+                "notes": plan.notes,
             },
         )
         summary = RunSummary(
             run_id, output, "running", {}, {}, refused={p.spec.name: w for p, w in plan.refused}
         )
         try:
-            tokens = self._tokenize(executor, plan)
-            self._calibration_rows = self._calibrate(executor, plan)
             failures = self._build(executor, plan, summary)
             self._record_variants(store, run_id, plan, failures, summary)
             references = self._references(executor, plan, tokens)
             self._evaluate(executor, store, run_id, plan, tokens, references, summary)
             self._estimate(store, run_id, plan, summary)
         except BaseException:
-            store.finish_run(run_id, provenance.now(), "aborted")
+            with contextlib.suppress(Exception):  # a full disk may refuse this write too
+                store.finish_run(run_id, provenance.now(), "aborted")
             store.close()
             raise
         finally:
@@ -390,21 +445,36 @@ class Runner:
     def _prepared(
         self, executor: LocalExecutor, kind: str, key: str, job: dict[str, Any], what: str
     ) -> Path:
-        """Run a preparation job once and keep its result in the cache under ``key``."""
+        """Run a preparation job once and keep its result in the cache under ``key`` (a run
+        that finds another one preparing the same thing waits for it)."""
         path = self.cache_dir / kind / f"{key}.json"
         if path.exists():
             return path
-        self.reporter.stage(what, 1)
-        job = {**job, "kind": kind, "resources": {"CPU": 1}}  # text and a tokenizer only
-        outcome = executor.run(job, kind, self.config.step_timeout)
-        if outcome.failure or not outcome.result_path.exists():
-            raise QuantforgeError(
-                f"{what} failed: {_worker_message(outcome)}", hint=f"see {outcome.log_path}"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(outcome.result_path, path)
+        with self._lock(f"{kind}-{key}", what):
+            if path.exists():
+                return path
+            self.reporter.stage(what, 1)
+            job = {**job, "kind": kind, "resources": {"CPU": 1}}  # text and a tokenizer only
+            outcome = executor.run(job, kind, self.config.step_timeout)
+            if outcome.returncode == worker.INPUT_ERROR:  # the data, in the worker's words
+                raise UsageError(f"{what} failed: {_worker_message(outcome)}")
+            if outcome.failure or not outcome.result_path.exists():
+                raise QuantforgeError(
+                    f"{what} failed: {_worker_message(outcome)}", hint=f"see {outcome.log_path}"
+                )
+            _atomic_copy(outcome.result_path, path)
         self.reporter.advance(kind, "ok")
         return path
+
+    def _lock(self, name: str, what: str) -> contextlib.AbstractContextManager[None]:
+        """Hold the cache lock ``name``; say so when another run holds it."""
+        return self._locks([name], what)
+
+    def _locks(self, names: list[str], what: str) -> contextlib.AbstractContextManager[None]:
+        def waiting() -> None:
+            self.reporter.note(f"another run is {what}; waiting for it to finish")
+
+        return locks.held(self.cache_dir, names, waiting)
 
     def _tokenize(self, executor: LocalExecutor, plan: Preflight) -> Path:
         """Tokenize the evaluation text once with the base tokenizer."""
@@ -458,8 +528,34 @@ class Runner:
                     continue
                 groups[previous].append((vplan, i))
             for members in groups.values():
-                self._run_group(executor, plan, members, failures, summary)
+                self._build_group(executor, plan, members, failures, summary)
         return failures
+
+    def _build_group(
+        self,
+        executor: LocalExecutor,
+        plan: Preflight,
+        members: list[tuple[VariantPlan, int]],
+        failures: dict[str, str],
+        summary: RunSummary,
+    ) -> None:
+        """Build the steps of one group under their cache locks: a step that another run
+        built meanwhile is taken from the cache, and what a killed run left half-written is
+        removed before the build starts."""
+        keys = [vplan.steps[i].key for vplan, i in members]
+        what = "building " + ", ".join(vplan.spec.name for vplan, _ in members)
+        with self._locks([f"artifact-{key}" for key in keys], what):
+            todo = []
+            for vplan, i in members:
+                final = self.artifact_path(vplan.steps[i].key)
+                if artifacts.is_complete(final):
+                    summary.steps_cached += 1
+                    self.reporter.advance(f"{vplan.spec.name}: {vplan.steps[i].method}", "cached")
+                    continue
+                artifacts.remove_partial(final)
+                todo.append((vplan, i))
+            if todo:
+                self._run_group(executor, plan, todo, failures, summary)
 
     def _step_job(self, plan: Preflight, vplan: VariantPlan, i: int) -> dict[str, Any]:
         step = vplan.steps[i]
@@ -537,6 +633,16 @@ class Runner:
             job, f"build-{label}", self.config.step_timeout * len(members), progress
         )
         reported = {line["key"]: line for line in outcome.lines()}
+        full = next((line for line in reported.values() if line.get("disk_full")), None)
+        if full is not None:  # every step after this one would fail the same way: stop
+            for vplan, i in members:
+                artifacts.remove_partial(self.artifact_path(vplan.steps[i].key))
+            raise DiskFullError(
+                f"no space left on the disk of {self.artifacts_dir} while building "
+                f"{label}: {full['error']}",
+                hint="free space or set QUANTFORGE_CACHE_DIR to a bigger disk, then rerun "
+                "the same command: what finished is kept in the cache",
+            )
         for vplan, i in members:
             step = vplan.steps[i]
             name = f"{vplan.spec.name}: {step.method}"
@@ -583,11 +689,7 @@ class Runner:
             summary.variants[vplan.spec.name] = "ok" if error is None else f"failed: {error}"
         for vplan, status, error in outcomes:
             path = self._variant_path(plan, vplan) if status == "ok" else None
-            link = links / vplan.spec.name
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            if path is not None:
-                link.symlink_to(path, target_is_directory=True)
+            _set_link(links / vplan.spec.name, path)
             calibrates = status != "refused" and any(s.calibration for s in vplan.steps)
             store.record_variant(
                 run_id,
@@ -659,7 +761,7 @@ class Runner:
                 sources[tname] = ("cpu", cpu, cpu.options.resolve("target cpu", {}))
         done: set[str] = set()
         for tname, (rname, source_target, topts) in sources.items():
-            todo = []
+            wanted = []
             for evaluator, opts, version in plan.evaluators:
                 if not evaluator.needs_reference:
                     continue
@@ -674,41 +776,53 @@ class Runner:
                     fingerprint,
                 )
                 path = self.cache_dir / "references" / key
-                if not path.exists() and rname not in done:
-                    todo.append(
-                        {
-                            "name": evaluator.name,
-                            "options": opts,
-                            "version": version,
-                            "reference_dir": str(path),
-                        }
-                    )
                 out[(tname, evaluator.name)] = path
-            done.add(rname)
-            tname = rname
-            if not todo:
+                wanted.append((key, path, evaluator.name, opts, version))
+            if rname in done:
                 continue
-            self.reporter.stage(f"reference outputs of the base on {tname}", 1)
-            job = {
-                "kind": "evaluate",
-                "mode": "reference",
-                "target": tname,
-                "target_options": topts,
-                "artifact": {"path": str(plan.base.path), "format": "hf", "manifest": {}},
-                "producer": None,
-                "evaluators": todo,
-                "tokens_path": str(tokens),
-                "seed": self.config.seed,
-                "base_model": str(plan.base.path),
-            }
-            job["resources"] = {**self._memory(plan), **source_target.resources()}
-            outcome = executor.run(job, f"reference-{tname}", self.config.step_timeout)
-            self.reporter.advance(f"base on {tname}", "ok" if not outcome.failure else "failed")
-            if outcome.failure:
-                self.reporter.note(
-                    f"reference run on {tname} failed: {outcome.failure} (log: {outcome.log_path})"
-                )
+            done.add(rname)
+            names = [f"reference-{key}" for key, *_ in wanted]
+            with self._locks(names, f"computing the base's reference outputs on {rname}"):
+                todo = [
+                    {"name": e, "options": opts, "version": v, "reference_dir": str(path)}
+                    for _, path, e, opts, v in wanted
+                    if not path.exists()
+                ]
+                if todo:
+                    self._reference_job(executor, plan, tokens, rname, source_target, topts, todo)
         return out
+
+    def _reference_job(
+        self,
+        executor: LocalExecutor,
+        plan: Preflight,
+        tokens: Path,
+        tname: str,
+        source_target: Target,
+        topts: dict[str, Any],
+        todo: list[dict[str, Any]],
+    ) -> None:
+        """Run the base on ``tname`` once to write the references ``todo`` asks for."""
+        self.reporter.stage(f"reference outputs of the base on {tname}", 1)
+        job = {
+            "kind": "evaluate",
+            "mode": "reference",
+            "target": tname,
+            "target_options": topts,
+            "artifact": {"path": str(plan.base.path), "format": "hf", "manifest": {}},
+            "producer": None,
+            "evaluators": todo,
+            "tokens_path": str(tokens),
+            "seed": self.config.seed,
+            "base_model": str(plan.base.path),
+        }
+        job["resources"] = {**self._memory(plan), **source_target.resources()}
+        outcome = executor.run(job, f"reference-{tname}", self.config.step_timeout)
+        self.reporter.advance(f"base on {tname}", "ok" if not outcome.failure else "failed")
+        if outcome.failure:
+            self.reporter.note(
+                f"reference run on {tname} failed: {outcome.failure} (log: {outcome.log_path})"
+            )
 
     def _evaluate(
         self,
@@ -741,34 +855,57 @@ class Runner:
                 continue
             specs = self._eval_specs(plan, tname, references)
             key = _digest("eval", vplan.key, tname, topts, specs, fingerprint, self.config.seed)
-            cached = self.cache_dir / "measurements" / f"{key}.json"
-            if cached.exists():
-                result = json.loads(cached.read_text())
-                self._store_measurements(store, run_id, name, tname, key, result, plan, cached=True)
-                summary.evaluations[(name, tname)] = "cached"
+            with self._lock(f"measure-{key}", f"measuring {name} on {tname}"):
+                status = self._measure(
+                    executor, store, run_id, plan, vplan, tname, tokens, specs, key
+                )
+            if status == "cached":
                 summary.evaluations_cached += 1
-                self.reporter.advance(f"{name} on {tname}", "cached")
-                continue
-            path = self._variant_path(plan, vplan)
-            producer = vplan.producer
-            job = {
-                "kind": "evaluate",
-                "mode": "measure",
-                "target": tname,
-                "target_options": topts,
-                "artifact": {"path": str(path), "format": vplan.format, "manifest": {}},
-                "producer": producer,
-                "evaluators": specs,
-                "tokens_path": str(tokens),
-                "seed": self.config.seed,
-                "base_model": str(plan.base.path),
-            }
-            job["resources"] = {**self._memory(plan), **target.resources()}
-            outcome = executor.run(job, f"measure-{name}-{tname}", self.config.step_timeout)
-            summary.evaluations_run += 1
-            status = self._collect(store, run_id, name, tname, key, outcome, plan, cached)
+            else:
+                summary.evaluations_run += 1
             summary.evaluations[(name, tname)] = status
             self.reporter.advance(f"{name} on {tname}", status.split(":")[0])
+
+    def _measure(
+        self,
+        executor: LocalExecutor,
+        store: ResultsStore,
+        run_id: str,
+        plan: Preflight,
+        vplan: VariantPlan,
+        tname: str,
+        tokens: Path,
+        specs: list[dict[str, Any]],
+        key: str,
+    ) -> str:
+        """Measure one variant on one target, or take the measurement from the cache (where
+        a run beside this one may just have put it); return the status."""
+        name = vplan.spec.name
+        target, topts = plan.targets[tname]
+        cached = self.cache_dir / "measurements" / f"{key}.json"
+        if cached.exists():
+            result = json.loads(cached.read_text())
+            self._store_measurements(store, run_id, name, tname, key, result, plan, cached=True)
+            return "cached"
+        job = {
+            "kind": "evaluate",
+            "mode": "measure",
+            "target": tname,
+            "target_options": topts,
+            "artifact": {
+                "path": str(self._variant_path(plan, vplan)),
+                "format": vplan.format,
+                "manifest": {},
+            },
+            "producer": vplan.producer,
+            "evaluators": specs,
+            "tokens_path": str(tokens),
+            "seed": self.config.seed,
+            "base_model": str(plan.base.path),
+        }
+        job["resources"] = {**self._memory(plan), **target.resources()}
+        outcome = executor.run(job, f"measure-{name}-{tname}", self.config.step_timeout)
+        return self._collect(store, run_id, name, tname, key, outcome, plan, cached)
 
     def _estimate(
         self, store: ResultsStore, run_id: str, plan: Preflight, summary: RunSummary
@@ -853,7 +990,7 @@ class Runner:
         if result["errors"]:
             return "partial: " + "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
+        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({**result, "run_id": run_id}))
         tmp.replace(cache_file)
         return "ok"

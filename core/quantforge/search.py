@@ -311,6 +311,7 @@ class Search:
         calibration: Any = None,
         eval_text: Path | None = None,
         revision: str | None = None,
+        allow_pickle: bool = False,
         plugins: Any = None,
         log: Callable[[str], None] = print,
         reporter: Any = None,
@@ -328,6 +329,7 @@ class Search:
         self.calibration = calibration
         self.eval_text = eval_text
         self.revision = revision
+        self.allow_pickle = allow_pickle
         self.plugins = plugins or load_plugins()
         self.log = log
         self.reporter = reporter
@@ -341,7 +343,9 @@ class Search:
         from quantforge.model_source import resolve_model
         from quantforge.runner import default_cache_dir
 
-        base = resolve_model(self.model, self.revision, default_cache_dir())
+        base = resolve_model(
+            self.model, self.revision, default_cache_dir(), allow_pickle=self.allow_pickle
+        )
         config = json.loads((base.path / "config.json").read_text(encoding="utf-8"))
         from quantforge.artifacts import folder_bytes
 
@@ -408,6 +412,7 @@ class Search:
             targets=targets,
             eval_text=self.eval_text,
             calibration=self.calibration if c.calibrates else None,
+            allow_pickle=self.allow_pickle,
         )
         try:
             summary = run(config, self.plugins, self.reporter)

@@ -22,6 +22,9 @@ from quantforge.errors import one_line
 from quantforge.interfaces import Artifact, EvalContext, Quantizer, StepContext
 from quantforge.plugins import Plugins, load_plugins
 
+# the exit status of a job that failed on its input data (said in its result's "error")
+INPUT_ERROR = 3
+
 
 def _artifact(data: dict[str, Any]) -> Artifact:
     return Artifact(Path(data["path"]), data["format"], data.get("manifest", {}))
@@ -62,8 +65,13 @@ def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
                 artifacts.write_manifest(tmp, step["manifest"])
             _append(result, {"key": step["key"], "ok": True})
         except Exception as exc:
+            # the result line first: on a full disk the traceback may not fit in the log
+            error = explain(exc, job.get("memory_limit"))
+            record = {"key": step["key"], "ok": False, "error": error}
+            if is_disk_full(exc):
+                record["disk_full"] = True
+            _append(result, record)
             traceback.print_exc()
-            _append(result, {"key": step["key"], "ok": False, "error": one_line(exc)})
 
 
 def _progress_writer(path: Path, key: str, method: str) -> Callable[[int, int, str], None]:
@@ -120,7 +128,7 @@ def calibrate(job: dict[str, Any], result: Path) -> None:
         rows = make_rows(streams, spec)
     except QuantforgeError as exc:
         result.write_text(json.dumps({"error": str(exc)}))
-        raise SystemExit(3) from None
+        raise SystemExit(INPUT_ERROR) from None
     result.write_text(
         json.dumps({"samples": rows, "fingerprint": job["fingerprint"], "spec": job["spec"]})
     )
@@ -204,7 +212,7 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
                 )
         except Exception as exc:
             traceback.print_exc()
-            errors[evaluator.name] = one_line(exc)
+            errors[evaluator.name] = explain(exc, job.get("memory_limit"))
     env = provenance.environment(target.hardware(), needs)
     if runtime is not None:
         runtime.close()
@@ -219,6 +227,45 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
             }
         )
     )
+
+
+# what allocators say when the address space is used up (Python, PyTorch, C++, glibc)
+OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory")
+
+
+def explain(exc: BaseException, memory_limit: int | None) -> str:
+    """One line for ``exc``; one that ran out of memory under the worker's cap says so."""
+    line = one_line(exc)
+    if memory_limit and (
+        isinstance(exc, MemoryError) or any(t in line.lower() for t in OUT_OF_MEMORY)
+    ):
+        return (
+            f"ran out of memory within the worker limit of {memory_limit / 2**30:.2f} GB "
+            f"(--worker-memory; raise it or free memory): {line}"
+        )
+    return line
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the tool it reports on) ran out of disk space."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "no space left on device" in text or "disk quota exceeded" in text
+
+
+def limit_memory(limit: int | None) -> None:
+    """Cap this process's address space at ``limit`` bytes (RLIMIT_AS; POSIX only)."""
+    if not limit:
+        return
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def _die_with_the_host() -> None:
@@ -240,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_the_host()
     args = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    limit_memory(job.get("memory_limit"))  # before the job imports its libraries
     return run_job(job, Path(args[1]))
 
 

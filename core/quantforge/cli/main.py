@@ -12,6 +12,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from quantforge import __version__
+from quantforge.cli.arguments import (
+    COUNT,
+    NON_NEGATIVE,
+    PORT,
+    POSITIVE,
+    Parser,
+    size_bytes,
+)
 from quantforge.errors import QuantforgeError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -28,7 +36,7 @@ def _lazy(module: str, function: str) -> Handler:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="quantforge",
         description="Turn one Hugging Face model into measured, deployable quantized variants.",
         epilog="Start with `quantforge demo`, then `quantforge methods` and `quantforge run RECIPE`.",
@@ -105,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_arguments(p)
     p.add_argument("--revision", help="Hub revision of MODEL")
     p.add_argument("--out", type=Path, default=Path("runs/quantize"), help="output folder")
-    p.add_argument("--step-timeout", type=float, default=3600.0, help="seconds per step")
+    p.add_argument("--step-timeout", type=POSITIVE, default=3600.0, help="seconds per step")
     _executor_arguments(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=_lazy("quantforge.cli.run", "quantize_command"))
@@ -119,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", required=True, help="device profile (rpi5, ...) or a measured target (cpu)"
     )
     _constraint_arguments(p)
-    p.add_argument("--context", type=int, metavar="TOKENS", help="context the target must hold")
+    p.add_argument("--context", type=COUNT, metavar="TOKENS", help="context the target must hold")
     p.add_argument(
-        "--budget-minutes", type=float, metavar="MIN", help="stop starting trials after this"
+        "--budget-minutes", type=POSITIVE, metavar="MIN", help="stop starting trials after this"
     )
     p.add_argument(
         "--method", action="append", default=[], help="only this method's presets (repeatable)"
@@ -130,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-text", type=Path, help="evaluation text file (default: held-out English prose)"
     )
     _calibration_arguments(p)
+    _pickle_argument(p)
     p.add_argument("--revision", help="Hub revision of MODEL")
     p.add_argument("--out", type=Path, default=Path("runs/search"), help="output folder")
     p.add_argument("--json", action="store_true", help="print the search as JSON")
@@ -159,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--context",
-        type=int,
+        type=COUNT,
         metavar="TOKENS",
         help="context length (default: 4096, or the model's maximum if shorter)",
     )
@@ -304,7 +313,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pickle_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load pickle weights (pytorch_model.bin, *.pt): unpickling runs code, so only "
+        "for models from someone you trust (default: refused; convert to safetensors)",
+    )
+
+
 def _executor_arguments(p: argparse.ArgumentParser) -> None:
+    _pickle_argument(p)
+    p.add_argument(
+        "--worker-memory",
+        type=size_bytes,
+        metavar="SIZE",
+        help="cap each worker's address space (RLIMIT_AS), e.g. 8GB: a step that needs more "
+        "fails alone instead of taking the machine down (default: no cap)",
+    )
     p.add_argument(
         "--executor",
         choices=["local", "inline", "ray"],
@@ -319,13 +345,15 @@ def _executor_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _constraint_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-kld", type=float, metavar="KL", help="KL divergence vs the base, at most")
+    p.add_argument(
+        "--max-kld", type=NON_NEGATIVE, metavar="KL", help="KL divergence vs the base, at most"
+    )
     p.add_argument(
         "--max-ppl-increase", metavar="PCT", help="perplexity increase over the base, e.g. 2%%"
     )
     p.add_argument(
         "--min-decode-tps",
-        type=float,
+        type=POSITIVE,
         metavar="TPS",
         help="decode tokens/s on the target (an estimate on device profiles)",
     )
@@ -338,11 +366,11 @@ def _calibration_arguments(p: argparse.ArgumentParser) -> None:
         help="calibration data: .txt, .jsonl, or a Hub dataset id",
     )
     p.add_argument(
-        "--calibration-samples", type=int, default=128, metavar="N", help="rows (default 128)"
+        "--calibration-samples", type=COUNT, default=128, metavar="N", help="rows (default 128)"
     )
     p.add_argument(
         "--calibration-seq-len",
-        type=int,
+        type=COUNT,
         default=512,
         metavar="N",
         help="tokens per row (default 512)",
@@ -353,15 +381,15 @@ def _calibration_arguments(p: argparse.ArgumentParser) -> None:
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on")
+    p.add_argument("--port", type=PORT, default=7860, help="port to listen on")
     p.add_argument(
         "--memory-budget-mb",
-        type=float,
+        type=POSITIVE,
         default=12000,
         help="memory the loaded variants may take together (default 12000: a free CPU Space)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=256, help="cap per request")
-    p.add_argument("--time-limit", type=float, default=90, help="seconds per request")
+    p.add_argument("--max-new-tokens", type=COUNT, default=256, help="cap per request")
+    p.add_argument("--time-limit", type=POSITIVE, default=90, help="seconds per request")
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
@@ -388,14 +416,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: one line, and how to see more
-        if os.environ.get("QUANTFORGE_DEBUG"):
-            raise
+    except OSError as exc:
+        if not _is_disk_full(exc):
+            return _bug(exc)
         print(
-            f"Error: unexpected {type(exc).__name__}: {exc} (set QUANTFORGE_DEBUG=1 for the traceback)",
+            f"Error: no space left on device ({exc.filename or exc}); free space or write "
+            "to a bigger disk (--out, QUANTFORGE_CACHE_DIR), then rerun the same command: "
+            "what finished is kept",
             file=sys.stderr,
         )
         return 1
+    except Exception as exc:  # a bug: one line, and how to see more
+        if _is_disk_full(exc):
+            print(
+                f"Error: the disk is full ({exc}); free space, then rerun the same command: "
+                "what finished is kept",
+                file=sys.stderr,
+            )
+            return 1
+        return _bug(exc)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC from a write, or SQLite's 'database or disk is full'."""
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "disk is full" in str(exc) or "No space left on device" in str(exc)
+
+
+def _bug(exc: BaseException) -> int:
+    """Anything unexpected: one line, and how to see the traceback."""
+    if os.environ.get("QUANTFORGE_DEBUG"):
+        raise exc
+    print(
+        f"Error: unexpected {type(exc).__name__}: {exc} (set QUANTFORGE_DEBUG=1 for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

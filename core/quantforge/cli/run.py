@@ -176,6 +176,10 @@ def run_command(args: argparse.Namespace) -> int:
     config = load_recipe(args.recipe, output=args.out)
     if args.executor:
         config = replace(config, executor=args.executor)
+    if args.allow_pickle:
+        config = replace(config, allow_pickle=True)
+    if args.worker_memory:
+        config = replace(config, worker_memory=args.worker_memory)
     if args.ray_address:
         config = replace(config, ray_address=args.ray_address)
     if config.search is not None:
@@ -238,6 +242,8 @@ def quantize_command(args: argparse.Namespace) -> int:
         step_timeout=args.step_timeout,
         executor=args.executor or "local",
         ray_address=args.ray_address,
+        allow_pickle=args.allow_pickle,
+        worker_memory=args.worker_memory,
     )
     return _execute(config, args.json)
 

@@ -66,6 +66,7 @@ def search_command(args: argparse.Namespace) -> int:
         revision=args.revision,
         eval_text=args.eval_text,
         calibration=_calibration_from_args(args),
+        allow_pickle=args.allow_pickle,
         search=SearchSettings(constraints, args.budget_minutes, tuple(args.method)),
     )
     return run_search(config, args.json)
@@ -82,6 +83,7 @@ def run_search(config: RunConfig, as_json: bool) -> int:
         methods=config.search.methods,
         budget_minutes=config.search.budget_minutes,
         calibration=config.calibration,
+        allow_pickle=config.allow_pickle,
         eval_text=config.eval_text,
         revision=config.revision,
         log=(lambda _: None) if as_json else print,
