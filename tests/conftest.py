@@ -188,8 +188,8 @@ def with_pythonpath(path: Path) -> dict[str, str]:
 
 FAULTS_PLUGIN = '''
 """Test plugin whose steps fail in every way a real one can."""
-import os, signal, time
-from quantforge import Quantizer, OptionSet, Option, hookimpl
+import os, shutil, signal, time
+from quantforge import Evaluator, Measurement, Quantizer, OptionSet, Option, hookimpl
 
 class Fault(Quantizer):
     output_format = "hf+fault"
@@ -220,10 +220,53 @@ class NeedsMissing(Fault):
     def fail(self):
         raise AssertionError("must not run")
 
+class Copies(Quantizer):
+    """Copies its input (an HF folder that runs everywhere), after a fault of its own."""
+    output_format = "hf"
+    description = "copies the model after a fault"
+    def quantize(self, source, options, output, context):
+        (output / "partial.bin").write_bytes(b"half-written")
+        self.fault()
+        (output / "partial.bin").unlink()
+        for item in source.path.iterdir():
+            if item.is_file() and item.name != "quantforge.json":
+                shutil.copy(item, output / item.name)
+
+class Slow(Copies):
+    """Waits, half-written, until the file QF_RELEASE names exists (when it is set)."""
+    name = "faults-slow"
+    def fault(self):
+        release = os.environ.get("QF_RELEASE")
+        deadline = time.monotonic() + 600
+        while release and not os.path.exists(release) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+class Hog(Copies):
+    """Asks for QF_HOG_BYTES of memory at once (a model too big for the worker's cap)."""
+    name = "faults-hog"
+    def fault(self):
+        hog = bytearray(int(os.environ.get("QF_HOG_BYTES", "0")))
+        del hog
+
+class EvalFails(Evaluator):
+    """Raises on every quantized variant while QF_EVAL_FAIL is set; the base passes."""
+    name = "faults-eval"
+    description = "fails on purpose on quantized variants"
+    needs_runtime = False
+    by_default = False
+    def evaluate(self, artifact, runtime, options, context):
+        if os.environ.get("QF_EVAL_FAIL") and artifact.format != "hf":
+            raise RuntimeError("evaluate failed on purpose")
+        return [Measurement("files", float(len(list(artifact.path.iterdir()))), "", "lower")]
+
 @hookimpl
 def register_quantizers(register):
-    for cls in (Raises, Crashes, Hangs, NeedsMissing):
+    for cls in (Raises, Crashes, Hangs, NeedsMissing, Slow, Hog):
         register(cls())
+
+@hookimpl
+def register_evaluators(register):
+    register(EvalFails())
 '''
 
 

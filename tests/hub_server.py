@@ -14,9 +14,11 @@ namespaces, parent commits and card metadata where the client depends on the ans
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -707,6 +709,7 @@ class HubServer(ThreadingHTTPServer):
         self.state = HubState(root, tokens)
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._connections: set[socket.socket] = set()
 
     def __enter__(self) -> HubServer:
         self._thread.start()
@@ -715,3 +718,31 @@ class HubServer(ThreadingHTTPServer):
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
         self.server_close()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.state.lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.state.lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def stop(self) -> None:
+        """Go down as a Hub outage looks to a client: stop listening and cut every open
+        connection. The repos stay; :meth:`start` serves them again on the same port."""
+        self.shutdown()
+        self.server_close()
+        with self.state.lock:
+            for connection in list(self._connections):
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+
+    def start(self) -> None:
+        """Come back up on the same address after :meth:`stop`."""
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        self.server_bind()
+        self.server_activate()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread.start()

@@ -216,6 +216,43 @@ def test_a_push_killed_mid_upload_finishes_on_rerun_without_duplicates(  # type:
     assert len([k for k in hub.state.repos if k[1].startswith(f"{namespace}/killed-")]) == 3
 
 
+def test_the_hub_going_down_mid_push_is_one_line_and_a_rerun_after_it_is_back_finishes(  # type: ignore[no-untyped-def]
+    hub, run: Path
+) -> None:
+    """The server stops (listening socket closed, open connections cut) right after the
+    first variant's commit, and comes back with its repos: the rerun commits the others
+    once each and leaves the first alone."""
+    from huggingface_hub import HfApi
+
+    namespace, scheme = "qf-org", ["--repo-name", "outage-{variant}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantforge", "push", str(run), "--namespace", namespace, *scheme],
+        env={**os.environ, "HF_TOKEN": WRITE_TOKEN}, cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any("/outage-" in p and "/commit/" in p for _, p in hub.state.requests[-50:]):
+            assert proc.poll() is None and time.monotonic() < deadline, "push ended first"
+            time.sleep(0.02)
+        hub.stop()
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hub.start()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    fails_with(result, "rerun", after_progress=True)
+    api = HfApi(token=WRITE_TOKEN)
+    ids = [f"{namespace}/outage-{v}" for v in VARIANTS]
+    assert 1 <= sum(("model", r) in hub.state.repos for r in ids) < len(ids) + 1
+    done = _push(run, "--namespace", namespace, *scheme)
+    assert done.returncode == 0, done.stderr
+    for repo_id in ids:
+        assert len(api.list_repo_commits(repo_id)) == 2, repo_id  # exactly one commit of ours
+        assert "model.safetensors" in api.list_repo_files(repo_id)
+
+
 def test_branch_layout_puts_each_variant_on_a_branch_and_the_family_on_main(  # type: ignore[no-untyped-def]
     hub, run: Path
 ) -> None:
@@ -328,3 +365,42 @@ def test_an_unreachable_hub_is_one_line_and_names_the_rerun(run: Path) -> None:
     )  # fmt: skip
     fails_with(out, f"http://127.0.0.1:{port} could not be reached", "rerun the same command")
     assert WRITE_TOKEN not in out.stderr
+
+
+def test_no_token_value_appears_in_any_output_log_card_store_or_space(  # type: ignore[no-untyped-def]
+    hub, run: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Every command that may see HF_TOKEN, with a good token and a bad one, and every
+    file they and the Hub server wrote: grepped for the tokens' values."""
+    bogus = "hf_quantforge_bogus_value_8f3a"
+    env = {"HF_TOKEN": WRITE_TOKEN}
+    measured = tmp_path / "measured"  # workers inherit the environment, token included
+    scheme = ["--repo-name", "secret-{variant}"]
+    outputs = [
+        quantforge("quantize", str(tiny_model), "-v", "rtn:int8", "--evaluator", "size",
+                   "--out", str(measured), env=env),
+        quantforge("push", str(measured), "--namespace", "alice", *scheme, "--collection",
+                   "Secret test", env=env),
+        quantforge("push", str(run), "--namespace", "alice", "--dry-run", env=env),
+        quantforge("push", str(run), "--namespace", "someone-else", env=env),
+        quantforge("push", str(run), "--namespace", "alice", env={"HF_TOKEN": bogus}),
+        quantforge("cards", str(measured), "--out", str(tmp_path / "cards"), "--namespace",
+                   "alice", *scheme, env=env),
+        quantforge("space", "build", str(measured), "--out", str(tmp_path / "space"),
+                   "--namespace", "alice", *scheme, env=env),
+        quantforge("space", "push", str(tmp_path / "space"), "--repo-id", "alice/secret-space",
+                   env=env),
+        quantforge("results", str(measured), "--json", env=env),
+    ]  # fmt: skip
+    assert [o.returncode for o in outputs] == [0, 0, 0, 2, 2, 0, 0, 0, 0], [
+        o.stderr[-300:] for o in outputs
+    ]
+    secrets = (WRITE_TOKEN, bogus)
+    for out in outputs:
+        assert not any(s in out.stdout + out.stderr for s in secrets), out.args
+    folders = [measured, tmp_path / "cards", tmp_path / "space", hub.state.root]
+    files = [f for folder in folders for f in folder.rglob("*") if f.is_file()]
+    assert len(files) > 20  # logs, store, cards, the Space, the Hub's blobs
+    for file in files:
+        data = file.read_bytes()
+        assert not any(s.encode() in data for s in secrets), file

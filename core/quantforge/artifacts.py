@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from quantforge.errors import ModelSourceError
+from quantforge.errors import DiskFullError, ModelSourceError, one_line
 from quantforge.interfaces import Artifact
 
 MANIFEST = "quantforge.json"
@@ -172,6 +172,26 @@ def building(final: Path) -> Iterator[Path]:
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+    except Exception as exc:
+        # Libraries and tools report a full disk in their own words ("196608 requested and
+        # 125920 written"); while the half-written folder is still there, the disk says it.
+        if not isinstance(exc, DiskFullError) and disk_nearly_full(final.parent):
+            raise DiskFullError(f"the disk of {final.parent} is full: {one_line(exc)}") from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# below this much free space (or 1% of the disk, when that is less), a failed write is
+# taken for a full disk
+NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def disk_nearly_full(path: Path) -> bool:
+    """Whether the disk holding ``path`` has (almost) no space left for this user."""
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return False
+    return usage.free < min(NEARLY_FULL_BYTES, usage.total // 100)

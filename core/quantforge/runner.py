@@ -109,12 +109,20 @@ class RunSummary:
     def failed(self) -> list[str]:
         """Variants that failed to build and evaluations that failed; a variant that a
         target does not run (a GGUF file on the transformers target) is not a failure."""
-        out = [name for name, status in self.variants.items() if status != "ok"]
-        out += [
-            f"{v} on {t}"
+        return list(self.failures())
+
+    def failures(self) -> dict[str, str]:
+        """What :meth:`failed` lists, each with why (the step's or evaluator's own line)."""
+        out = {
+            name: status.removeprefix("failed: ")
+            for name, status in self.variants.items()
+            if status != "ok"
+        }
+        out.update(
+            (f"{v} on {t}", s.removeprefix("failed: "))
             for (v, t), s in self.evaluations.items()
             if s not in ("ok", "cached") and not s.startswith("not runnable")
-        ]
+        )
         return out
 
 
@@ -638,8 +646,7 @@ class Runner:
             for vplan, i in members:
                 artifacts.remove_partial(self.artifact_path(vplan.steps[i].key))
             raise DiskFullError(
-                f"no space left on the disk of {self.artifacts_dir} while building "
-                f"{label}: {full['error']}",
+                f"the disk is full: building {label} failed with {full['error']}",
                 hint="free space or set QUANTFORGE_CACHE_DIR to a bigger disk, then rerun "
                 "the same command: what finished is kept in the cache",
             )

@@ -250,6 +250,10 @@ def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` (or the tool it reports on) ran out of disk space."""
     import errno
 
+    from quantforge.errors import DiskFullError
+
+    if isinstance(exc, DiskFullError):
+        return True
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc).lower()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 
 def push_command(args: argparse.Namespace) -> int:
@@ -13,8 +15,12 @@ def push_command(args: argparse.Namespace) -> int:
     check_card_libraries("quantforge push")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils.tqdm import disable_progress_bars
 
-    from quantforge.publish import PublishError, plan_push, push, token_and_user
+    if not sys.stderr.isatty():  # bars in a log are noise, and may land after the error
+        disable_progress_bars()
+
+    from quantforge.publish import plan_push, push, token_and_user
 
     run_dir: Path = args.run_dir
     facts = RunFacts.load(run_dir)  # refuses a folder without a results store
@@ -62,7 +68,39 @@ def push_command(args: argparse.Namespace) -> int:
                 namespace=args.namespace,
                 base_model=args.base_model,
             )
+    except RuntimeError as exc:  # huggingface_hub wraps a failed LFS upload in one
+        cause = _cause(exc, (HfHubHTTPError, *_network_errors()))
+        if cause is None:
+            raise
+        _raise_publish_error(cause)
     except HfHubHTTPError as exc:
+        _raise_publish_error(exc)
+    except _network_errors() as exc:
+        _raise_publish_error(exc)
+    print(
+        f"Pushed {len(done['committed'])} repos ({len(done['created'])} new), "
+        f"{len(done['unchanged'])} unchanged."
+    )
+    return 0
+
+
+def _cause(exc: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in the chain that ``exc`` was raised from."""
+    seen: BaseException | None = exc.__cause__ or exc.__context__
+    while seen is not None:
+        if isinstance(seen, types):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _raise_publish_error(exc: BaseException) -> NoReturn:
+    """The Hub refused (an HTTP error) or could not be reached: one line, and the rerun."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from quantforge.publish import PublishError
+
+    if isinstance(exc, HfHubHTTPError):
         response = getattr(exc, "response", None)
         status = f"HTTP {response.status_code}" if response is not None else "no answer"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -71,19 +109,13 @@ def push_command(args: argparse.Namespace) -> int:
             hint="fix the cause and rerun the same command: finished repos are kept, "
             "files already uploaded are not sent again",
         ) from None
-    except _network_errors() as exc:
-        from huggingface_hub import constants
+    from huggingface_hub import constants
 
-        raise PublishError(
-            f"the push stopped: {constants.ENDPOINT} could not be reached "
-            f"({type(exc).__name__}: {exc})",
-            hint="rerun the same command when the network is back; nothing is uploaded twice",
-        ) from None
-    print(
-        f"Pushed {len(done['committed'])} repos ({len(done['created'])} new), "
-        f"{len(done['unchanged'])} unchanged."
-    )
-    return 0
+    raise PublishError(
+        f"the push stopped: {constants.ENDPOINT} could not be reached "
+        f"({type(exc).__name__}: {exc})",
+        hint="rerun the same command when the network is back; nothing is uploaded twice",
+    ) from None
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

@@ -155,15 +155,24 @@ def _execute(config: RunConfig, as_json: bool) -> int:
             f"{summary.steps_run} steps run, {summary.steps_cached} cached; "
             f"{summary.evaluations_run} measurements run, {summary.evaluations_cached} cached."
         )
-    failed = summary.failed()
-    if failed:
+    from rich.markup import escape
+
+    failures = summary.failures()
+    if failures:
+        for name, why in failures.items():
+            reporter.console.print(
+                f"[red]Failed {escape(name)}[/red]: {escape(why)}", soft_wrap=True
+            )
         reporter.console.print(
-            f"[red]Failed: {', '.join(failed)}[/red] (details above and in the results store)"
+            f"[red]Failed: {', '.join(failures)}[/red] (the logs named above and the results "
+            "store have the details)"
         )
         return 1
     if summary.refused:
         for name, why in summary.refused.items():
-            reporter.console.print(f"[yellow]Refused {name}[/yellow]: {why}")
+            reporter.console.print(
+                f"[yellow]Refused {name}[/yellow]: {escape(why)}", soft_wrap=True
+            )
         reporter.console.print(
             f"{len(summary.refused)} variant(s) refused in preflight, the rest ran "
             "(exit status 3; `quantforge methods --model PATH` lists what supports this model)"
