@@ -188,7 +188,7 @@ def with_pythonpath(path: Path) -> dict[str, str]:
 
 FAULTS_PLUGIN = '''
 """Test plugin whose steps fail in every way a real one can."""
-import os, shutil, signal, time
+import os, shutil, signal, subprocess, sys, time
 from quantforge import Evaluator, Measurement, Quantizer, OptionSet, Option, hookimpl
 
 class Fault(Quantizer):
@@ -209,8 +209,11 @@ class Crashes(Fault):
         os.kill(os.getpid(), signal.SIGKILL)
 
 class Hangs(Fault):
+    """Starts a child of its own (a converter, a compiler), then hangs."""
     name = "faults-hang"
     def fail(self):
+        mark = os.environ.get("QF_CHILD_MARK", "qf-grandchild")
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", mark])
         time.sleep(3600)
 
 class NeedsMissing(Fault):

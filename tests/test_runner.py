@@ -94,15 +94,17 @@ def test_a_killed_host_leaves_no_worker_behind(
     tiny_model: Path, tmp_path: Path, faults_plugin: Path, sig: signal.Signals
 ) -> None:
     """SIGTERM and SIGINT unwind the host, which kills its worker's process group; after
-    SIGKILL the kernel kills the worker (its parent-death signal)."""
+    SIGKILL the kernel signals the worker (its parent-death signal), which kills its own
+    group. The hanging step has started a child of its own: it goes too."""
     out = tmp_path / "run"
+    marker = str(out / "logs")
     host = subprocess.Popen(
         [sys.executable, "-m", "quantforge", "quantize", str(tiny_model), "-v", "faults-hang",
          "--evaluator", "size", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**os.environ, "QUANTFORGE_CACHE_DIR": str(tmp_path / "cache")},
+        env={**os.environ, "QUANTFORGE_CACHE_DIR": str(tmp_path / "cache"),
+             "QF_CHILD_MARK": f"{marker}/grandchild"},
     )  # fmt: skip
-    marker = str(out / "logs")
 
     def workers() -> list[str]:
         found = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True)
@@ -112,8 +114,8 @@ def test_a_killed_host_leaves_no_worker_behind(
     while not any(p.name.endswith("build-faults-hang.job.json") for p in out.glob("logs/*/*")):
         assert time.monotonic() < deadline and host.poll() is None, "the step never started"
         time.sleep(0.2)
-    while not workers():
-        assert time.monotonic() < deadline, "no worker appeared"
+    while len(workers()) < 2:  # the worker and its child
+        assert time.monotonic() < deadline, "no worker and child appeared"
         time.sleep(0.2)
     host.send_signal(sig)
     assert host.wait(timeout=30) != 0

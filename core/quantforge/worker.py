@@ -273,18 +273,41 @@ def limit_memory(limit: int | None) -> None:
 
 
 def _die_with_the_host() -> None:
-    """On Linux, have the kernel kill this worker when the host dies, even by SIGKILL."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
+    """When the host dies, by any signal, this worker and every process it started go too.
 
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    The worker leads its own process group (the executor starts it so). On Linux the kernel
+    sends it SIGTERM when its parent dies (the parent-death signal), and the handler kills
+    the whole group, so a converter or compiler the step started does not outlive it. A
+    watchdog thread does the same within half a second if the handler cannot run (the main
+    thread inside a long call that holds the interpreter).
+    """
+    import signal
+    import threading
+    import time
+
     host = os.environ.get("QUANTFORGE_HOST_PID")
-    if host and str(os.getppid()) != host:  # the host died before the request took effect
-        os._exit(1)
+    if not host or os.getpgrp() != os.getpid():  # started by hand: not ours to police
+        return
+
+    def end_group(*_: object) -> None:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, end_group)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    def watch() -> None:
+        while str(os.getppid()) == host:
+            time.sleep(0.5)
+        end_group()
+
+    if str(os.getppid()) != host:  # the host died before any of this took effect
+        end_group()
+    threading.Thread(target=watch, name="host-watchdog", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
