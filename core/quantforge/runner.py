@@ -562,8 +562,13 @@ class Runner:
                     continue
                 artifacts.remove_partial(final)
                 todo.append((vplan, i))
-            if todo:
-                self._run_group(executor, plan, todo, failures, summary)
+            try:
+                if todo:
+                    self._run_group(executor, plan, todo, failures, summary)
+            except BaseException:  # interrupted (its worker is gone by now) or a full disk
+                for vplan, i in todo:
+                    artifacts.remove_partial(self.artifact_path(vplan.steps[i].key))
+                raise
 
     def _step_job(self, plan: Preflight, vplan: VariantPlan, i: int) -> dict[str, Any]:
         step = vplan.steps[i]
@@ -795,6 +800,8 @@ class Runner:
                     for _, path, e, opts, v in wanted
                     if not path.exists()
                 ]
+                for item in todo:  # what a killed run left half-written
+                    artifacts.remove_partial(Path(str(item["reference_dir"])))
                 if todo:
                     self._reference_job(executor, plan, tokens, rname, source_target, topts, todo)
         return out
