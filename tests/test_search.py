@@ -122,7 +122,7 @@ def test_a_decode_floor_beyond_the_device_is_refused_before_any_compute(
         (["--max-ppl-increase", "lots"], "is not a percentage"),
         (["--max-kld", "0.1", "--target", "rpi6"], "did you mean: rpi5"),
         (["--max-kld", "0.1", "--method", "rnt"], "did you mean: rtn"),
-        (["--max-kld", "0.1", "--budget-minutes", "0"], "--budget-minutes must be above 0"),
+        (["--max-kld", "0.1", "--budget-minutes", "0"], "--budget-minutes: must be above 0"),
         (["--max-kld", "0.1", "--context", "100000000"], "longer than the model supports"),
     ],
 )

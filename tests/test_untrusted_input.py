@@ -140,7 +140,7 @@ def test_a_shard_the_index_names_must_be_there(tiny_model: Path, tmp_path: Path)
         (["quantize", "M", "-v", "rtn:int8", "--calibration-seq-len", "x"], "'x' is not an integer"),
         (["quantize", "M", "-v", "rtn:int8", "--worker-memory", "0GB"], "must be above 0"),
         (["quantize", "M", "-v", "rtn:int8", "--worker-memory", "lots"], "'lots' is not a size"),
-        (["search", "M", "--target", "rpi5", "--max-kld", "-0.1"], "--max-kld: must be at least 0"),
+        (["search", "M", "--target", "rpi5", "--max-kld", "inf"], "--max-kld: 'inf' is not a finite"),
         (["search", "M", "--target", "rpi5", "--budget-minutes", "0"], "must be above 0"),
         (["fit", "M", "--context", "0"], "--context: must be at least 1"),
         (["space", "serve", "R", "--port", "70000"], "--port: must be at most 65535"),

@@ -48,8 +48,8 @@ def number(
 
 
 POSITIVE = number(float, above=0)
+FINITE = number(float)
 COUNT = number(int, at_least=1)
-NON_NEGATIVE = number(float, at_least=0)
 PORT = number(int, at_least=1, at_most=65535)
 
 

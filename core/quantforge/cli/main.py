@@ -14,7 +14,7 @@ from pathlib import Path
 from quantforge import __version__
 from quantforge.cli.arguments import (
     COUNT,
-    NON_NEGATIVE,
+    FINITE,
     PORT,
     POSITIVE,
     Parser,
@@ -346,7 +346,7 @@ def _executor_arguments(p: argparse.ArgumentParser) -> None:
 
 def _constraint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--max-kld", type=NON_NEGATIVE, metavar="KL", help="KL divergence vs the base, at most"
+        "--max-kld", type=FINITE, metavar="KL", help="KL divergence vs the base, at most"
     )
     p.add_argument(
         "--max-ppl-increase", metavar="PCT", help="perplexity increase over the base, e.g. 2%%"
