@@ -144,11 +144,17 @@ def quantize_and_measure(
     *args: str,
     timeout: int = 1800,
     evaluators: dict[str, list[str]] | None = None,
+    executor: str = "inline",
 ) -> Metrics:
     """Run ``quantforge quantize`` with every measuring evaluator (or ``evaluators``, each
     with its ``OPTION=VALUE`` list; it must succeed) and return the stored values as
-    ``{(variant, target): {metric: value}}``."""
-    cmd = ["quantize", str(model), "--out", str(out), *args]
+    ``{(variant, target): {metric: value}}``.
+
+    The jobs run in the CLI's own process (``--executor inline``: the libraries are
+    imported once, not once per job); these runs test what methods and runtimes compute.
+    Worker processes, their isolation and their faults are tested in test_runner.py and
+    test_faults.py, and the demo, push and Ray tests run with them."""
+    cmd = ["quantize", str(model), "--out", str(out), "--executor", executor, *args]
     for v in variants:
         cmd += ["-v", v]
     chosen = evaluators or {e: [] for e in ("size", "speed", "perplexity", "kl")}

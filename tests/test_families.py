@@ -62,18 +62,20 @@ TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino"]
 # QUANTFORGE_FAMILIES=all (or a comma-separated list of families): the whole matrix on them
 CHOSEN = os.environ.get("QUANTFORGE_FAMILIES", "")
 FULL_ON = set(FAMILIES) if CHOSEN == "all" else {f for f in CHOSEN.split(",") if f}
-# What CI runs (the whole matrix takes about half an hour on two cores): four PyTorch
-# methods on every family; llama.cpp on one family per converter path and tokenizer kind;
-# and the cells that broke before this matrix existed (sliding windows and soft-capping,
-# fused projections, an exporter that lacks a family, mixture-of-experts).
-EVERY_FAMILY = ["rtn:int8", "bnb:nf4", "hqq:int8", "torchao:int8"]
+# What CI runs (the whole matrix takes about half an hour on two cores): two PyTorch
+# methods on every family (a load, a quantize, a reload and a measurement each); HQQ and
+# torchao on one family per block layout (Llama, GPT-NeoX, whose blocks are elsewhere, and
+# the MoE, which both refuse); llama.cpp on one family per converter path and tokenizer
+# kind; and the cells that broke before this matrix existed (sliding windows and
+# soft-capping, fused projections, an exporter that lacks a family, mixture-of-experts).
+EVERY_FAMILY = ["rtn:int8", "bnb:nf4"]
 SOME_FAMILIES = {
-    "llama": ["llamacpp:q8_0"],
+    "llama": ["hqq:int8", "torchao:int8", "llamacpp:q8_0"],
     "qwen2": ["llamacpp:q8_0"],
     "gemma2": ["llamacpp:q8_0", "awq:int4", "ort:int8", "nncf:int8"],
     "phi3": ["llamacpp:q8_0", "gptq:int4", "awq:int4", "ort:int8"],
-    "gpt_neox": ["llamacpp:q8_0", "ort:int8", "nncf:int8"],
-    "qwen3_moe": ["llamacpp:q8_0", "gptq:int4", "nncf:int8"],
+    "gpt_neox": ["hqq:int8", "torchao:int8", "llamacpp:q8_0", "ort:int8", "nncf:int8"],
+    "qwen3_moe": ["hqq:int8", "torchao:int8", "llamacpp:q8_0", "gptq:int4", "nncf:int8"],
 }
 CI_CELLS = {
     name: MATRIX if name in FULL_ON else EVERY_FAMILY + SOME_FAMILIES.get(name, [])

@@ -99,10 +99,15 @@ def test_an_architecture_llama_cpp_cannot_convert_fails_before_compute(
 def test_widths_a_k_quant_cannot_take_fall_back_and_are_reported(tmp_path: Path) -> None:
     # 320 columns in ffn_down: not a multiple of the 256-wide k-quant super-block
     odd = build_tiny_model(TinyModelSpec(intermediate_size=320, train_steps=2), tmp_path / "models")
+    from quantforge_llamacpp.converter import converter_dir
+
     out = tmp_path / "run"
+    # a cache of its own, so that the step runs (and logs) every time; the converter is shared
+    env = {"QUANTFORGE_CACHE_DIR": str(tmp_path / "cache"),
+           "QUANTFORGE_LLAMA_CPP_DIR": str(converter_dir())}  # fmt: skip
     done = quantforge(
         "quantize", str(odd), "-v", "llamacpp:q4_k_m", "--target", "llama.cpp",
-        "--evaluator", "size", "--out", str(out),
+        "--evaluator", "size", "--out", str(out), env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     precision = json.loads(
