@@ -54,7 +54,8 @@ def test_quantizes_and_reloads_exactly(
 def test_every_calibration_free_method_is_measured_in_one_run(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    """Through the runner and worker processes, as a user runs them: quality is recorded for each."""
+    """Through the runner, as a user runs a recipe (inline: one import for all jobs; worker
+    processes are tested in test_runner.py): quality is recorded for each."""
     import json
 
     from conftest import quantforge
@@ -75,7 +76,7 @@ def test_every_calibration_free_method_is_measured_in_one_run(
         'evaluators = ["size", "perplexity", "kl"]\n'
         f'[model]\nid = "{tiny_model}"\n[run]\noutput = "out"\n'
     )
-    out = quantforge("run", str(recipe), "--json")
+    out = quantforge("run", str(recipe), "--executor", "inline", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {r["variant"]: r for r in json.loads(out.stdout)["tables"][0]["rows"]}
     for name in [

@@ -70,7 +70,7 @@ def test_qlora_beside_nf4_in_a_run(tiny_model: Path, tmp_path: Path) -> None:
         f'[model]\nid = "{tiny_model}"\n[data]\neval_text = "heldout.txt"\n'
         '[calibration]\nsource = "train.txt"\nsamples = 64\nseq_len = 128\n[run]\noutput = "out"\n'
     )
-    out = quantforge("run", str(recipe), "--json")
+    out = quantforge("run", str(recipe), "--executor", "inline", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     import json as _json
 

@@ -104,6 +104,8 @@ def test_a_killed_host_leaves_no_worker_behind(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "QUANTFORGE_CACHE_DIR": str(tmp_path / "cache"),
              "QF_CHILD_MARK": f"{marker}/grandchild"},
+        # a suite started in the background inherits SIGINT ignored; a user's shell does not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
     def workers() -> list[str]:

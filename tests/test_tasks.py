@@ -23,7 +23,11 @@ def toolcall_model(cache_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def task_demo(toolcall_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("tasks") / "demo"
-    done = quantforge("demo", "--tasks", "--out", str(out), "--json", timeout=1500)
+    # inline: the scores are what is tested here; the demo's worker processes are tested
+    # by test_demo.py
+    done = quantforge(
+        "demo", "--tasks", "--executor", "inline", "--out", str(out), "--json", timeout=1500
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return {"out": out, "result": json.loads(done.stdout)}
 

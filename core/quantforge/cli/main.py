@@ -298,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a tiny model trained to call tools, scored on tool calling and lm-eval tasks "
         "from 8-bit to 2-bit, in PyTorch and llama.cpp",
     )
+    p.add_argument(
+        "--executor",
+        choices=["local", "inline"],
+        help="where jobs run: child processes (default) or this process (inline: faster on "
+        "the tiny models)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--serve", action="store_true", help="then serve the Space to try the variants")
     _serve_arguments(p)

@@ -355,6 +355,8 @@ def demo_command(args: argparse.Namespace) -> int:
             model = real_model(log=lambda msg: s.update(f"{spec_real.title}: {msg}"))
         console.print(f"{spec_real.describe()}: {model}")
         config = real_demo_config(model, args.out)
+    if args.executor:
+        config = replace(config, executor=args.executor)
     code = _execute(config, args.json)
     if code == 0 and args.serve:
         from quantforge.cli.space import serve
