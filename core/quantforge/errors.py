@@ -160,3 +160,19 @@ def one_line(exc: BaseException) -> str:
     """``"TypeName: first line of the message"`` (just the type name when it has none)."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk ran out of space: :class:`DiskFullError`, ENOSPC or
+    EDQUOT from a write, or a library's or tool's own words for it (SQLite's "database or
+    disk is full", a converter's "No space left on device")."""
+    import errno
+
+    if isinstance(exc, DiskFullError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return any(
+        t in text for t in ("no space left on device", "disk quota exceeded", "disk is full")
+    )

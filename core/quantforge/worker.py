@@ -18,7 +18,7 @@ from typing import Any
 
 from quantforge import artifacts, provenance
 from quantforge.calibration import CalibrationSet
-from quantforge.errors import one_line
+from quantforge.errors import is_disk_full, one_line
 from quantforge.interfaces import Artifact, EvalContext, Quantizer, StepContext
 from quantforge.plugins import Plugins, load_plugins
 
@@ -244,20 +244,6 @@ def explain(exc: BaseException, memory_limit: int | None) -> str:
             f"(--worker-memory; raise it or free memory): {line}"
         )
     return line
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (or the tool it reports on) ran out of disk space."""
-    import errno
-
-    from quantforge.errors import DiskFullError
-
-    if isinstance(exc, DiskFullError):
-        return True
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc).lower()
-    return "no space left on device" in text or "disk quota exceeded" in text
 
 
 def limit_memory(limit: int | None) -> None:

@@ -20,7 +20,7 @@ from quantforge.cli.arguments import (
     Parser,
     size_bytes,
 )
-from quantforge.errors import QuantforgeError
+from quantforge.errors import QuantforgeError, is_disk_full
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -423,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Interrupted.", file=sys.stderr)
         return 130
     except OSError as exc:
-        if not _is_disk_full(exc):
+        if not is_disk_full(exc):
             return _bug(exc)
         print(
             f"Error: no space left on device ({exc.filename or exc}); free space or write "
@@ -433,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     except Exception as exc:  # a bug: one line, and how to see more
-        if _is_disk_full(exc):
+        if is_disk_full(exc):
             print(
                 f"Error: the disk is full ({exc}); free space, then rerun the same command: "
                 "what finished is kept",
@@ -441,15 +441,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 1
         return _bug(exc)
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC from a write, or SQLite's 'database or disk is full'."""
-    import errno
-
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "disk is full" in str(exc) or "No space left on device" in str(exc)
 
 
 def _bug(exc: BaseException) -> int:
