@@ -57,11 +57,11 @@ def main() -> None:
     if args.text:
         text = args.text.read_text(encoding="utf-8")
     elif args.real:
-        from quantforge.texts import prose_evaluation_text
+        from quantforge.model.texts import prose_evaluation_text
 
         text = prose_evaluation_text()
     else:
-        from quantforge.testing.tiny_model import evaluation_text
+        from quantforge.model.texts import stdlib_evaluation_text as evaluation_text
 
         text = evaluation_text(40_000)
     ids = lm.tok_encode(text)[: args.tokens]

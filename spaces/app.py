@@ -23,12 +23,12 @@ if importlib.util.find_spec("quantforge") is None:  # on the Hub: the copy made 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-from quantforge.cards import pareto_plot  # noqa: E402
+from quantforge.choosing.recommend import DEFAULT_CONSTRAINTS, recommend  # noqa: E402
 from quantforge.errors import QuantforgeError  # noqa: E402
-from quantforge.generation import Sampling  # noqa: E402
-from quantforge.recommend import DEFAULT_CONSTRAINTS, recommend  # noqa: E402
-from quantforge.side_by_side import Limits, Panel, SideBySide  # noqa: E402
-from quantforge.space import fit_table, tradeoff_table  # noqa: E402
+from quantforge.publishing.plot import pareto_plot  # noqa: E402
+from quantforge.space.build import fit_table, tradeoff_table  # noqa: E402
+from quantforge.space.engine import Limits, Panel, SideBySide  # noqa: E402
+from quantforge.space.generation import Sampling  # noqa: E402
 
 SLOTS = 4  # output columns; Limits.max_variants may not exceed it
 CSS = """

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from quantforge.calibration import (
+from quantforge.model.calibration import (
     CalibrationError,
     CalibrationSpec,
     fingerprint,

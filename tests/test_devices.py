@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import fails_with, quantforge
-from quantforge.devices import Footprint, footprint_of
+from quantforge.devices.footprint import Footprint, footprint_of
 from quantforge.errors import PlanError, UsageError
-from quantforge.plugins import load_plugins
+from quantforge.plugins.manager import load_plugins
 
 # A Llama-3.1-8B-shaped model at about 4 bits: 32 layers, 8 KV heads of 128 dims (GQA).
 LLAMA_8B_Q4 = Footprint(

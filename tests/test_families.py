@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, quantforge
-from quantforge import texts
-from quantforge.calibration import CalibrationSpec
-from quantforge.planner import parse_variant
-from quantforge.recipe import RunConfig
-from quantforge.results import ResultsStore
-from quantforge.runner import default_cache_dir
-from quantforge.runner import run as run_config
+from quantforge.model import texts
+from quantforge.model.calibration import CalibrationSpec
+from quantforge.running.planner import parse_variant
+from quantforge.running.recipe import RunConfig
+from quantforge.running.runner import default_cache_dir
+from quantforge.running.runner import run as run_config
+from quantforge.store.results import ResultsStore
 from quantforge.testing.families import FAMILIES, family_model
 from quantforge.testing.support_matrix import FAILED, REFUSED, WORKS, render
 
@@ -284,9 +284,9 @@ def test_each_family_has_a_tokenizer_of_its_kind(family: str) -> None:
 
 def test_linear_only_methods_refuse_fused_experts_and_say_what_does() -> None:
     from quantforge.interfaces import expert_count
-    from quantforge.planner import plan_variant
-    from quantforge.plugins import load_plugins
-    from quantforge.support import refusal
+    from quantforge.plugins.manager import load_plugins
+    from quantforge.running.planner import plan_variant
+    from quantforge.running.support import refusal
 
     plugins = load_plugins()
     moe = {"model_type": "qwen3_moe", "num_experts": 8, "hidden_size": 256}
@@ -299,7 +299,7 @@ def test_linear_only_methods_refuse_fused_experts_and_say_what_does() -> None:
 
 
 def test_the_inline_executor_reports_a_failing_job_and_goes_on(tmp_path: Path) -> None:
-    from quantforge.executor import make_executor
+    from quantforge.running.executors import make_executor
 
     executor = make_executor("inline", tmp_path)
     bad = executor.run({"kind": "nonsense"}, "bad", timeout=10)

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import pytest
 from conftest import ROOT, fails_with, quantforge
-from quantforge.results import ResultsStore
+from quantforge.store.results import ResultsStore
 
 pytestmark = pytest.mark.slow
 

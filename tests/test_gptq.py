@@ -173,7 +173,7 @@ def test_mixed_precision_run_records_calibration_and_precision(
     assert mixed["kl_divergence"] < uniform["kl_divergence"]
     assert mixed["size_mb"] > uniform["size_mb"]
 
-    from quantforge.results import ResultsStore
+    from quantforge.store.results import ResultsStore
 
     store = ResultsStore(tmp_path / "out")
     variants_rows = {v["name"]: v for v in store.variants()}
@@ -188,7 +188,7 @@ def test_mixed_precision_run_records_calibration_and_precision(
     manifest = json.loads((path / "quantforge.json").read_text())
     assert manifest["calibration"]["fingerprint"] == calibration["fingerprint"]
     # Mixed precision reloads exactly through GPTQModel's loader.
-    from quantforge.artifacts import read_artifact
+    from quantforge.model.artifacts import read_artifact
 
     model = GPTQQuantizer().load_model(read_artifact(path))
     again = GPTQQuantizer().load_model(read_artifact(path))
@@ -245,10 +245,10 @@ def test_unsupported_architecture_is_refused(
 def test_without_calibration_data_the_built_in_text_is_used(
     tiny_model: Path, real_model: Path, tmp_path: Path
 ) -> None:
-    from quantforge.planner import parse_variant
-    from quantforge.plugins import load_plugins
-    from quantforge.recipe import RunConfig, with_base
-    from quantforge.runner import preflight
+    from quantforge.plugins.manager import load_plugins
+    from quantforge.running.planner import parse_variant
+    from quantforge.running.preflight import preflight
+    from quantforge.running.recipe import RunConfig, with_base
 
     plugins = load_plugins()
     for model, text, samples in (

@@ -10,7 +10,7 @@ from conftest import ROOT, make_plugin_dist, quantforge, with_pythonpath
 from quantforge import hookspecs
 from quantforge.hookspecs import hookimpl
 from quantforge.interfaces import Evaluator, Exporter, Measurement, Quantizer, Target
-from quantforge.plugins import load_plugins
+from quantforge.plugins.manager import load_plugins
 
 
 class DemoQuantizer(Quantizer):

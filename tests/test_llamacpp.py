@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_missing_names_extra, fails_with, quantforge, quantize_and_measure
+from quantforge.model.texts import stdlib_calibration_text as calibration_text
 from quantforge.testing import TinyModelSpec, build_tiny_model
-from quantforge.testing.tiny_model import calibration_text
 
 pytestmark = pytest.mark.slow
 

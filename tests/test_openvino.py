@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_missing_names_extra, fails_with, quantforge, quantize_and_measure
 from quantforge import Artifact
-from quantforge.testing.tiny_model import calibration_text
+from quantforge.model.texts import stdlib_calibration_text as calibration_text
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ import pytest
 from quantforge.errors import DuplicateNameError, OptionError, UnknownNameError
 from quantforge.interfaces import Evaluator
 from quantforge.options import Option, OptionSet
-from quantforge.registry import Registry
+from quantforge.plugins.registry import Registry
 
 OPTIONS = OptionSet(
     [
@@ -76,7 +76,7 @@ def test_registry_refuses_duplicates_and_suggests_names() -> None:
 
 def test_a_format_no_bundled_plugin_exports_names_the_plugin_that_would() -> None:
     from quantforge.errors import UnknownNameError
-    from quantforge.registry import Registry
+    from quantforge.plugins.registry import Registry
 
     methods: Registry[object] = Registry("method", object)
     for name, library in (

@@ -112,7 +112,7 @@ def test_rtn_mixed_precision_keeps_chosen_blocks_at_8_bits(
 ) -> None:
     import json
 
-    from quantforge.table import bits_label
+    from quantforge.store.table import bits_label
 
     quantizer = RTNQuantizer()
     artifact = check_quantizer(

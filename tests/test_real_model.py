@@ -37,7 +37,7 @@ WINDOWS = ["window=512", "stride=256", "max_tokens=1024"]
 
 @pytest.fixture(scope="session")
 def real_run(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Metrics]:
-    from quantforge import texts
+    from quantforge.model import texts
 
     calib = tmp_path_factory.mktemp("real-calib") / "prose.txt"
     calib.write_text(texts.prose_calibration_text(60_000), encoding="utf-8")
@@ -86,7 +86,7 @@ def test_the_real_model_is_what_it_says(real_model: Path) -> None:
 
 def test_the_base_answers_a_factual_chat_question(real_model: Path) -> None:
     import torch
-    from quantforge.generation import prompt_tokens
+    from quantforge.space.generation import prompt_tokens
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(real_model)
@@ -225,7 +225,7 @@ def test_the_space_answers_a_real_question_side_by_side(
     The screenshot is the one in docs/space.md."""
     from conftest import ask_space, open_space_page, served_space
     from playwright.sync_api import expect, sync_playwright
-    from quantforge.side_by_side import Limits
+    from quantforge.space.engine import Limits
 
     out, _ = real_run
     space = tmp_path / "space"
@@ -283,7 +283,7 @@ def smollm2_shaped(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_awq_default_preset_uses_one_group_size_that_divides_every_width(
     smollm2_shaped: Path, tmp_path: Path
 ) -> None:
-    from quantforge import texts
+    from quantforge.model import texts
 
     calib = tmp_path / "prose.txt"
     calib.write_text(texts.prose_calibration_text(20_000), encoding="utf-8")

@@ -15,7 +15,7 @@ from quantforge.interfaces import (
     fitting_group_size,
     model_widths,
 )
-from quantforge.table import bits_label
+from quantforge.store.table import bits_label
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64}
 
@@ -90,7 +90,7 @@ def test_the_bits_column_shows_group_size_fallbacks() -> None:
 
 
 def test_the_prose_text_is_english_and_evaluation_and_calibration_are_disjoint() -> None:
-    from quantforge import texts
+    from quantforge.model import texts
 
     evaluation = texts.prose_evaluation_text()
     calibration = texts.prose_calibration_text()
@@ -142,7 +142,7 @@ def test_a_long_step_reports_progress_to_the_host_and_to_json_consumers(
 
 def test_a_package_the_index_lacks_is_one_line(tmp_path: Path) -> None:
     from quantforge.errors import UnknownNameError
-    from quantforge.package_index import pip_download
+    from quantforge.model.package_index import pip_download
     from quantforge.testing import real_model
 
     files, error = pip_download("surely-not-a-package-qf==1.0", tmp_path)

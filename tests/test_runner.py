@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from quantforge.planner import parse_variant
-from quantforge.recipe import RunConfig, with_base
-from quantforge.results import ResultsStore
-from quantforge.runner import Runner
+from quantforge.running.planner import parse_variant
+from quantforge.running.recipe import RunConfig, with_base
+from quantforge.running.runner import Runner
+from quantforge.store.results import ResultsStore
 
 
 def _config(model: Path, out: Path, variants: list[str], timeout: float = 60) -> RunConfig:

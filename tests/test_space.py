@@ -22,9 +22,9 @@ from conftest import (
     quantforge,
     served_space,
 )
-from quantforge.generation import Sampling, first_divergence, stream
-from quantforge.side_by_side import Limits, Panel, SideBySide
-from quantforge.space import CATALOG_FILE, Catalog, SpaceVariant
+from quantforge.space.build import CATALOG_FILE, Catalog, SpaceVariant
+from quantforge.space.engine import Limits, Panel, SideBySide
+from quantforge.space.generation import Sampling, first_divergence, stream
 
 pytestmark = pytest.mark.slow
 VARIANTS = ["base", "rtn-int8", "llamacpp-q4_k_m"]
@@ -97,7 +97,7 @@ def test_space_build_writes_a_space_repo_folder(space: Path, run: Path) -> None:
 def test_the_vendored_copy_imports_and_finds_its_plugins_without_the_install(space: Path) -> None:
     """On the Hub quantforge is not installed: app.py puts vendor/ first on sys.path."""
     code = (
-        "import quantforge, sys; from quantforge.plugins import load_plugins; "
+        "import quantforge, sys; from quantforge.plugins.manager import load_plugins; "
         "p = load_plugins(); print(quantforge.__file__); "
         "print(sorted(t.name for t in p.targets)); print(sorted(m.name for m in p.methods))"
     )
@@ -111,7 +111,7 @@ def test_the_vendored_copy_imports_and_finds_its_plugins_without_the_install(spa
 
 
 def test_space_build_bad_input_is_one_line_and_writes_nothing(run: Path, tmp_path: Path) -> None:
-    from quantforge.results import ResultsStore
+    from quantforge.store.results import ResultsStore
 
     empty = tmp_path / "empty-run"
     store = ResultsStore(empty, create=True)
@@ -227,7 +227,7 @@ def test_divergence_from_the_base_is_marked_in_the_text() -> None:
 
 
 def test_what_cannot_run_here_says_why(space: Path) -> None:
-    from quantforge.plugins import load_plugins
+    from quantforge.plugins.manager import load_plugins
 
     os.environ["QUANTFORGE_LOAD_PLUGINS"] = "transformers,rtn,metrics,devices"
     try:

@@ -6,10 +6,10 @@ import pytest
 from quantforge.errors import PlanError, ResultsError
 from quantforge.interfaces import Quantizer
 from quantforge.options import Option, OptionSet
-from quantforge.planner import parse_variant, plan_variant
-from quantforge.plugins import load_plugins
-from quantforge.recipe import parse_recipe
-from quantforge.results import ResultsStore
+from quantforge.plugins.manager import load_plugins
+from quantforge.running.planner import parse_variant, plan_variant
+from quantforge.running.recipe import parse_recipe
+from quantforge.store.results import ResultsStore
 from test_hooks import Plugin
 
 
@@ -167,7 +167,7 @@ def test_every_method_of_the_all_methods_demo_passes_preflight(
 ) -> None:
     """Plans, options, architectures and calibration of `quantforge demo --all-methods`, without compute."""
     from quantforge.cli.run import demo_config
-    from quantforge.runner import preflight
+    from quantforge.running.preflight import preflight
 
     config = demo_config(tiny_model, tmp_path / "out", all_methods=True)
     plan = preflight(config, load_plugins(), tmp_path / "cache")

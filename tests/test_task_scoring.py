@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from quantforge.errors import UsageError
-from quantforge.table import format_value
+from quantforge.store.table import format_value
 from quantforge_tasks import synthetic
 from quantforge_tasks.cases import newly_failed, summarize
 from quantforge_tasks.exact_match import compile_regex, same_answer

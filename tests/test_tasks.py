@@ -103,8 +103,8 @@ def test_counts_show_in_the_table_cards_and_space(
     assert cards.returncode == 0, cards.stderr
     text = (tmp_path / "cards" / "hqq-int1" / "README.md").read_text()
     assert "exact args" in text and re.search(r"\| \d+/50 \|", text)
-    from quantforge.cards import RunFacts
-    from quantforge.space import tradeoff_table
+    from quantforge.space.build import tradeoff_table
+    from quantforge.store.facts import RunFacts
 
     headers, rows = tradeoff_table(RunFacts.load(out), "cpu")
     column = headers.index("exact args")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import fails_with, quantforge
 from quantforge.errors import ModelSourceError, RecipeError
-from quantforge.model_checks import check_safetensors, is_pickle
-from quantforge.recipe import load_recipe
-from quantforge.results import ResultsStore
+from quantforge.model.checks import check_safetensors, is_pickle
+from quantforge.running.recipe import load_recipe
+from quantforge.store.results import ResultsStore
 
 # what a model-shipped module would do if anything imported it
 SHIPPED_CODE = "from pathlib import Path\nPath(__file__).with_name('RAN').write_text('ran')\n"

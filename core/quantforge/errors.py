@@ -132,6 +132,16 @@ class StepFailed(QuantforgeError):
         self.reason = reason
 
 
+class CalibrationError(UsageError):
+    """Calibration data that is missing, empty, malformed, unreachable or too short."""
+
+
+class PublishError(QuantforgeError):
+    """The Hub refused, or the run cannot be published as asked."""
+
+    exit_code = 2
+
+
 class ResultsError(UsageError):
     """A results store that is missing or not a quantforge store."""
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from quantforge.calibration import CalibrationSet
 from quantforge.errors import (
     MissingDependencyError,
     TargetUnavailableError,
@@ -165,6 +164,19 @@ class Component(ABC):
         missing = self.missing_packages()
         if missing:
             raise MissingDependencyError(self.name, missing, self.extra)
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Tokenized calibration rows, as the worker gives them to a step."""
+
+    samples: list[list[int]]
+    fingerprint: str
+    spec: Mapping[str, Any]
+
+    def as_dicts(self) -> list[dict[str, list[int]]]:
+        """The ``[{"input_ids": ..., "attention_mask": ...}]`` form most libraries take."""
+        return [{"input_ids": row, "attention_mask": [1] * len(row)} for row in self.samples]
 
 
 @dataclass

@@ -54,7 +54,7 @@ class BitsAndBytesQuantizer(Quantizer):
         output: Path,
         context: StepContext,
     ) -> None:
-        from quantforge.artifacts import copy_tokenizer_files
+        from quantforge.model.artifacts import copy_tokenizer_files
         from transformers import AutoModelForCausalLM
 
         config = bnb_config(options)

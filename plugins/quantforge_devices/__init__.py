@@ -1,7 +1,7 @@
 """First-party device profiles: edge devices described by their memory and bandwidth.
 
 Each profile answers "does this variant fit, and how fast could it decode?" with the
-arithmetic of :mod:`quantforge.devices`. Figures are estimates; the sources say where
+arithmetic of :mod:`quantforge.devices.profiles`. Figures are estimates; the sources say where
 each device's numbers come from. Add a device by subclassing
 :class:`quantforge.devices.DeviceProfile` in your own plugin.
 """

@@ -12,13 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from quantforge.artifacts import PRECISION_FILE, copy_tokenizer_files, safetensors_shapes
 from quantforge.errors import UsageError
 from quantforge.interfaces import StepContext, fitting_group_size
 from quantforge.layer_progress import blocks_progress
+from quantforge.model.artifacts import PRECISION_FILE, copy_tokenizer_files, safetensors_shapes
+from quantforge.model.overrides import Rule, bits_for
+from quantforge.model.overrides import parse_overrides as parse_rules
 from quantforge.options import OptionValue
-from quantforge.overrides import Rule, bits_for
-from quantforge.overrides import parse_overrides as parse_rules
 
 
 def prepare_environment() -> None:

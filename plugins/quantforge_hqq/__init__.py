@@ -69,7 +69,7 @@ class HQQQuantizer(Quantizer):
         import torch
         from hqq.core.quantize import BaseQuantizeConfig
         from hqq.models.hf.base import AutoHQQHFModel
-        from quantforge.artifacts import copy_tokenizer_files
+        from quantforge.model.artifacts import copy_tokenizer_files
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(

@@ -28,8 +28,8 @@ from quantforge import (
     Target,
     hookimpl,
 )
-from quantforge.artifacts import copy_files
 from quantforge.errors import QuantforgeError, UnsupportedModelError, UsageError
+from quantforge.model.artifacts import copy_files
 from quantforge.options import OptionValue
 
 GGUF_FILE = "model.gguf"

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from quantforge.errors import MissingDependencyError, QuantforgeError
-from quantforge.package_index import pip_download
+from quantforge.model.package_index import pip_download
 
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
 
@@ -35,7 +35,7 @@ def llama_cpp_version() -> str:
 
 
 def _cache_dir() -> Path:
-    from quantforge.runner import default_cache_dir
+    from quantforge.running.runner import default_cache_dir
 
     return default_cache_dir() / "llama.cpp"
 

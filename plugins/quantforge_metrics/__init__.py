@@ -16,7 +16,7 @@ from quantforge import (
     Runtime,
     hookimpl,
 )
-from quantforge.artifacts import folder_bytes
+from quantforge.model.artifacts import folder_bytes
 from quantforge.options import OptionValue
 
 MB = 1_000_000

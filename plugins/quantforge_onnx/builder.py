@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from quantforge.artifacts import copy_files
 from quantforge.errors import QuantforgeError
+from quantforge.model.artifacts import copy_files
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "model.onnx.data"

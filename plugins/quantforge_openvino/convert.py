@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quantforge.artifacts import copy_files
 from quantforge.errors import QuantforgeError
+from quantforge.model.artifacts import copy_files
 
 MODEL_XML = "openvino_model.xml"
 MODEL_BIN = "openvino_model.bin"

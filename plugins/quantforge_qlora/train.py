@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from quantforge.artifacts import copy_tokenizer_files
 from quantforge.interfaces import StepContext
+from quantforge.model.artifacts import copy_tokenizer_files
 from quantforge.options import OptionValue
 from quantforge_bnb import bnb_config
 from transformers import AutoModelForCausalLM

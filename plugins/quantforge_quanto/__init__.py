@@ -70,7 +70,7 @@ class QuantoQuantizer(Quantizer):
     ) -> None:
         import optimum.quanto as quanto
         from optimum.quanto import QuantizedModelForCausalLM
-        from quantforge.artifacts import copy_tokenizer_files
+        from quantforge.model.artifacts import copy_tokenizer_files
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(source.path, device_map="cpu")

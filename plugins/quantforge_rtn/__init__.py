@@ -60,7 +60,7 @@ class RTNQuantizer(Quantizer):
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         super().check_model(options, config)
-        from quantforge.overrides import parse_overrides
+        from quantforge.model.overrides import parse_overrides
 
         parse_overrides(self.name, str(options["overrides"]), (4, 8))
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from quantforge.artifacts import PRECISION_FILE, copy_tokenizer_files
 from quantforge.interfaces import StepContext, fitting_group_size
+from quantforge.model.artifacts import PRECISION_FILE, copy_tokenizer_files
+from quantforge.model.overrides import Rule, bits_for, parse_overrides
 from quantforge.options import OptionValue
-from quantforge.overrides import Rule, bits_for, parse_overrides
 from safetensors.torch import load_file, save_file
 from torch import nn
 

@@ -202,7 +202,7 @@ class ExactMatch(GenerativeTask):
     def answer(
         self, runtime: Runtime, tokenizer: Any, case: Any, options: Mapping[str, OptionValue]
     ) -> CaseResult:
-        from quantforge.generation import prompt_tokens
+        from quantforge.space.generation import prompt_tokens
 
         from quantforge_tasks.exact_match import compile_regex, score
         from quantforge_tasks.generate import greedy

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from quantforge.generation import Sampling, stop_tokens, stream
 from quantforge.interfaces import EvalContext, Runtime
+from quantforge.space.generation import Sampling, stop_tokens, stream
 
 
 def greedy(

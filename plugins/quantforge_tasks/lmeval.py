@@ -142,7 +142,7 @@ def runtime_lm(runtime: Runtime, tokenizer: Any, max_length: int) -> Any:
     import numpy as np
     from lm_eval.api.model import TemplateLM
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
-    from quantforge.generation import Sampling, stop_tokens, stream
+    from quantforge.space.generation import Sampling, stop_tokens, stream
 
     def log_softmax(rows: Any) -> Any:
         rows = np.asarray(rows, dtype=np.float64)

@@ -136,7 +136,7 @@ def score(case: ToolCase, output: str, stopped: bool) -> CaseResult:
 def prompt_ids(tokenizer: Any, case: ToolCase) -> list[int]:
     """The request through the chat template with the tools (OpenAI function layout) when
     the tokenizer has one that renders them; else the plain prompt (tool names, request)."""
-    from quantforge.generation import prompt_tokens
+    from quantforge.space.generation import prompt_tokens
 
     if getattr(tokenizer, "chat_template", None):
         tools = [{"type": "function", "function": tool} for tool in case.tools]

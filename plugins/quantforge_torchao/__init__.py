@@ -55,7 +55,7 @@ class TorchAOQuantizer(Quantizer):
         context: StepContext,
     ) -> None:
         import torch
-        from quantforge.artifacts import copy_tokenizer_files
+        from quantforge.model.artifacts import copy_tokenizer_files
         from torchao.quantization import (
             Int8DynamicActivationInt8WeightConfig,
             Int8WeightOnlyConfig,

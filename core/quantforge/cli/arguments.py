@@ -55,7 +55,7 @@ PORT = number(int, at_least=1, at_most=65535)
 
 def size_bytes(text: str) -> int:
     """``512MB``, ``4GB`` or ``1.5G`` (a bare number is MB) -> bytes, above 0."""
-    from quantforge.recipe import parse_size
+    from quantforge.running.recipe import parse_size
 
     try:
         return parse_size(text)

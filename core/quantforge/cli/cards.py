@@ -9,14 +9,9 @@ from pathlib import Path
 
 
 def cards_command(args: argparse.Namespace) -> int:
-    from quantforge.cards import (
-        CardOptions,
-        RunFacts,
-        check_card_libraries,
-        check_repo_id,
-        repo_ids,
-        write_cards,
-    )
+    from quantforge.publishing.cards import CardOptions, check_card_libraries, write_cards
+    from quantforge.publishing.repo_names import check_repo_id, repo_ids
+    from quantforge.store.facts import RunFacts
 
     check_card_libraries("quantforge cards")
     run_dir: Path = args.run_dir

@@ -6,10 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from quantforge.devices import DeviceProfile, FitReport, Footprint, footprint_from_hub, footprint_of
+from quantforge.devices.footprint import Footprint, footprint_from_hub, footprint_of
+from quantforge.devices.profiles import DeviceProfile, FitReport
 from quantforge.errors import UsageError
-from quantforge.model_source import looks_like_hub_id
-from quantforge.plugins import load_plugins
+from quantforge.model.source import looks_like_hub_id
+from quantforge.plugins.manager import load_plugins
 
 
 def footprint_for(ref: str, revision: str | None) -> Footprint:

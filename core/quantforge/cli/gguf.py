@@ -10,7 +10,7 @@ from quantforge.errors import UsageError
 def gguf_to_hf_command(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from quantforge.gguf_base import check_gguf_reader, dequantize_gguf
+    from quantforge.model.gguf import check_gguf_reader, dequantize_gguf
 
     if args.gguf.suffix != ".gguf" or not args.gguf.is_file():
         raise UsageError(

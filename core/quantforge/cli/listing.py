@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from quantforge.devices import DeviceProfile
+from quantforge.devices.profiles import DeviceProfile
 from quantforge.interfaces import Component, Quantizer, Target
-from quantforge.plugins import Plugins, load_plugins
-from quantforge.registry import Registry
+from quantforge.plugins.manager import Plugins, load_plugins
+from quantforge.plugins.registry import Registry
 
 
 def _console() -> Any:
@@ -185,7 +185,7 @@ def methods_command(args: argparse.Namespace) -> int:
 
 def _model_support(args: argparse.Namespace) -> int:
     """``quantforge methods --model PATH``: every preset checked against one model."""
-    from quantforge.support import model_support, read_config
+    from quantforge.running.support import model_support, read_config
 
     config = read_config(args.model)
     rows = model_support(load_plugins(), config, args.model)

@@ -10,7 +10,9 @@ from typing import NoReturn
 
 
 def push_command(args: argparse.Namespace) -> int:
-    from quantforge.cards import CardOptions, RunFacts, check_card_libraries, check_repo_id
+    from quantforge.publishing.cards import CardOptions, check_card_libraries
+    from quantforge.publishing.repo_names import check_repo_id
+    from quantforge.store.facts import RunFacts
 
     check_card_libraries("quantforge push")
     from huggingface_hub import HfApi
@@ -20,7 +22,7 @@ def push_command(args: argparse.Namespace) -> int:
     if not sys.stderr.isatty():  # bars in a log are noise, and may land after the error
         disable_progress_bars()
 
-    from quantforge.publish import plan_push, push, token_and_user
+    from quantforge.publishing.push import plan_push, push, token_and_user
 
     run_dir: Path = args.run_dir
     facts = RunFacts.load(run_dir)  # refuses a folder without a results store
@@ -98,7 +100,7 @@ def _raise_publish_error(exc: BaseException) -> NoReturn:
     """The Hub refused (an HTTP error) or could not be reached: one line, and the rerun."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    from quantforge.publish import PublishError
+    from quantforge.errors import PublishError
 
     if isinstance(exc, HfHubHTTPError):
         response = getattr(exc, "response", None)

@@ -8,8 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from quantforge.results import ResultsStore
-from quantforge.table import COLUMNS, title, tradeoff_tables
+from quantforge.store.results import ResultsStore
+from quantforge.store.table import COLUMNS, title, tradeoff_tables
 
 
 def results_json(run_dir: Path) -> dict[str, Any]:

@@ -9,10 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from quantforge.calibration import CalibrationSpec
-from quantforge.recipe import RunConfig, check_unique, load_recipe, with_base
-from quantforge.runner import Reporter, RunSummary
-from quantforge.runner import run as run_config
+from quantforge.cli.common import calibration_from_args
+from quantforge.cli.search import run_search
+from quantforge.running.recipe import RunConfig, check_unique, load_recipe, with_base
+from quantforge.running.runner import run as run_config
+from quantforge.running.summary import Reporter, RunSummary
 
 # The demo: a real instruct model, measured in PyTorch and llama.cpp, estimated on a Pi 5.
 # exit status of a run that ran, but whose preflight refused some variants
@@ -192,22 +193,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.ray_address:
         config = replace(config, ray_address=args.ray_address)
     if config.search is not None:
-        from quantforge.cli.search import run_search
-
         return run_search(config, args.json)
     return _execute(config, args.json)
-
-
-def _calibration_from_args(args: argparse.Namespace) -> CalibrationSpec | None:
-    if args.calibration is None:
-        return None
-    return CalibrationSpec(
-        source=args.calibration,
-        samples=args.calibration_samples,
-        seq_len=args.calibration_seq_len,
-        column=args.calibration_column,
-        split=args.calibration_split,
-    )
 
 
 def _target_arg(text: str) -> tuple[str, dict[str, str]]:
@@ -217,7 +204,7 @@ def _target_arg(text: str) -> tuple[str, dict[str, str]]:
 
 def _named_options(text: str, flag: str) -> tuple[str, dict[str, str]]:
     """``NAME[,OPTION=VALUE...]`` of ``--target`` and ``--evaluator``."""
-    from quantforge.planner import parse_option_pairs
+    from quantforge.running.planner import parse_option_pairs
 
     name, *pairs = text.split(",")
     return name.strip(), parse_option_pairs(pairs, f"{flag} {text!r}")
@@ -225,7 +212,7 @@ def _named_options(text: str, flag: str) -> tuple[str, dict[str, str]]:
 
 def quantize_command(args: argparse.Namespace) -> int:
     from quantforge.errors import UsageError
-    from quantforge.planner import VariantSpec, check_variant_name, parse_variant
+    from quantforge.running.planner import VariantSpec, check_variant_name, parse_variant
 
     variants = [parse_variant(v) for v in args.variants]
     for item in args.imports or []:
@@ -247,7 +234,7 @@ def quantize_command(args: argparse.Namespace) -> int:
         if args.evaluators
         else None,
         eval_text=args.eval_text,
-        calibration=_calibration_from_args(args),
+        calibration=calibration_from_args(args),
         step_timeout=args.step_timeout,
         executor=args.executor or "local",
         ray_address=args.ray_address,
@@ -259,7 +246,7 @@ def quantize_command(args: argparse.Namespace) -> int:
 
 def demo_config(model: Path, output: Path, all_methods: bool = False) -> RunConfig:
     """The tiny-model demo (``--tiny``), or every method on the tiny model (``--all-methods``)."""
-    from quantforge.planner import VariantSpec, parse_variant
+    from quantforge.running.planner import VariantSpec, parse_variant
 
     names = ALL_METHODS_VARIANTS if all_methods else TINY_DEMO_VARIANTS
     variants = [parse_variant(v) for v in names]
@@ -286,7 +273,7 @@ REAL_WINDOWS = {"window": 512, "stride": 256, "max_tokens": 1024}
 
 def real_demo_config(model: Path, output: Path) -> RunConfig:
     """The default demo: SmolLM2-135M-Instruct, 4-bit in PyTorch and GGUF, on English prose."""
-    from quantforge.planner import parse_variant
+    from quantforge.running.planner import parse_variant
 
     return RunConfig(
         model=str(model),
@@ -309,8 +296,9 @@ def tasks_demo_config(model: Path, output: Path) -> RunConfig:
     them (local files), beside size, speed and quality against the base."""
     from quantforge_tasks.synthetic import LMEVAL_TASKS, training_text, write_lmeval_tasks
 
-    from quantforge.planner import parse_variant
-    from quantforge.runner import builtin_text_file, default_cache_dir
+    from quantforge.running.builtin_texts import builtin_text_file
+    from quantforge.running.planner import parse_variant
+    from quantforge.running.runner import default_cache_dir
 
     cache = default_cache_dir()
     eval_text = builtin_text_file(cache, "toolcalls-eval.txt", training_text(400, seed=7))

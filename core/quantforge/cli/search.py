@@ -5,16 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from quantforge.choosing.search import Search, SearchResult, figures_text
+from quantforge.cli.common import calibration_from_args
 from quantforge.errors import NoAnswerError
-from quantforge.recipe import RunConfig
-from quantforge.search import (
-    Constraints,
-    Search,
-    SearchResult,
-    SearchSettings,
-    figures_text,
-    parse_percent,
-)
+from quantforge.running.constraints import Constraints, SearchSettings, parse_percent
+from quantforge.running.recipe import RunConfig
 
 
 def constraints_from(args: argparse.Namespace, target: str = "") -> Constraints:
@@ -56,8 +51,6 @@ def report(result: SearchResult) -> list[str]:
 
 
 def search_command(args: argparse.Namespace) -> int:
-    from quantforge.cli.run import _calibration_from_args
-
     constraints = constraints_from(args, args.target)
     config = RunConfig(
         model=args.model,
@@ -65,7 +58,7 @@ def search_command(args: argparse.Namespace) -> int:
         output=args.out,
         revision=args.revision,
         eval_text=args.eval_text,
-        calibration=_calibration_from_args(args),
+        calibration=calibration_from_args(args),
         allow_pickle=args.allow_pickle,
         search=SearchSettings(constraints, args.budget_minutes, tuple(args.method)),
     )
@@ -108,8 +101,8 @@ def run_search(config: RunConfig, as_json: bool) -> int:
 
 
 def recommend_command(args: argparse.Namespace) -> int:
-    from quantforge.cards import RunFacts
-    from quantforge.recommend import recommend
+    from quantforge.choosing.recommend import recommend
+    from quantforge.store.facts import RunFacts
 
     constraints = constraints_from(args)
     facts = RunFacts.load(args.run_dir)

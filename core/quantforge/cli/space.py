@@ -9,14 +9,14 @@ from typing import Any
 
 
 def _check_space_libraries(owner: str) -> None:
-    from quantforge.cards import CARD_LIBRARIES, check_card_libraries
+    from quantforge.publishing.cards import CARD_LIBRARIES, check_card_libraries
 
     check_card_libraries(owner, ("gradio", *CARD_LIBRARIES), "space")
 
 
 def build_command(args: argparse.Namespace) -> int:
     _check_space_libraries("quantforge space build")
-    from quantforge.space import build
+    from quantforge.space.build import build
 
     out: Path = args.out or args.run_dir / "space"
     catalog = build(
@@ -43,7 +43,7 @@ def push_command(args: argparse.Namespace) -> int:
     _check_space_libraries("quantforge space push")
     from huggingface_hub import HfApi
 
-    from quantforge.space import push_space
+    from quantforge.space.build import push_space
 
     commit = push_space(
         HfApi(),
@@ -65,8 +65,8 @@ def push_command(args: argparse.Namespace) -> int:
 def serve(path: Path, args: argparse.Namespace) -> Any:
     """Serve a Space folder, or a run folder (its Space is built into RUN/space first)."""
     _check_space_libraries("quantforge space serve")
-    from quantforge.side_by_side import Limits
-    from quantforge.space import APP_FILE, CATALOG_FILE, build
+    from quantforge.space.build import APP_FILE, CATALOG_FILE, build
+    from quantforge.space.engine import Limits
 
     folder = path
     if not (path / CATALOG_FILE).is_file():

@@ -2,8 +2,12 @@
 
 Importing this module is cheap; torch is imported only when a model is built
 or a check runs.
+
+May import: everything but :mod:`quantforge.cli` (tests of every layer use it).
 """
 
+from quantforge.model.texts import stdlib_calibration_text as calibration_text
+from quantforge.model.texts import stdlib_evaluation_text as evaluation_text
 from quantforge.testing.conformance import (
     check_declarations,
     check_evaluator,
@@ -13,12 +17,7 @@ from quantforge.testing.conformance import (
     tiny_calibration,
 )
 from quantforge.testing.real_model import REAL_MODELS, real_model
-from quantforge.testing.tiny_model import (
-    TinyModelSpec,
-    build_tiny_model,
-    calibration_text,
-    evaluation_text,
-)
+from quantforge.testing.tiny_model import TinyModelSpec, build_tiny_model
 
 __all__ = [
     "REAL_MODELS",

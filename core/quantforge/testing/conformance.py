@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from quantforge.artifacts import write_manifest
-from quantforge.calibration import CalibrationSet
 from quantforge.interfaces import (
     Artifact,
+    CalibrationSet,
     Component,
     EvalContext,
     Evaluator,
@@ -30,6 +29,7 @@ from quantforge.interfaces import (
     StepContext,
     Target,
 )
+from quantforge.model.artifacts import write_manifest
 from quantforge.options import OptionValue
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -117,8 +117,8 @@ def tiny_calibration(model_dir: Path, samples: int = 16, seq_len: int = 128) -> 
     """Calibration rows from the tiny model's training-distribution text, tokenized with its tokenizer."""
     from transformers import AutoTokenizer
 
-    from quantforge.calibration import CalibrationSpec, make_rows
-    from quantforge.testing.tiny_model import calibration_text
+    from quantforge.model.calibration import CalibrationSpec, make_rows
+    from quantforge.model.texts import stdlib_calibration_text as calibration_text
 
     spec = CalibrationSpec(source="builtin:stdlib", samples=samples, seq_len=seq_len)
     ids = AutoTokenizer.from_pretrained(model_dir)(calibration_text(samples * seq_len * 8))[

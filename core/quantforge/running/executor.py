@@ -1,0 +1,186 @@
+"""What every executor does (:class:`Executor`), and the worker process it starts: start a
+``python -m quantforge.running.worker`` per unit of work, watch it, and say plainly how it
+ended (:class:`JobOutcome`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+# A long step's progress, as the worker last wrote it (see StepContext.progress).
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+POLL_SECONDS = 1.0
+
+
+HOST_PID = "QUANTFORGE_HOST_PID"  # the worker dies with this process (see worker.py)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a worker ended. ``failure`` is ``None`` when it exited 0."""
+
+    returncode: int | None
+    failure: str | None
+    result_path: Path
+    log_path: Path
+    seconds: float
+
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.result_path.read_text(encoding="utf-8")))
+
+    def lines(self) -> list[dict[str, Any]]:
+        if not self.result_path.exists():
+            return []
+        return [
+            json.loads(line)
+            for line in self.result_path.read_text(encoding="utf-8").splitlines()
+            if line
+        ]
+
+
+class Executor(Protocol):
+    """Runs the runner's jobs (a variant's steps, a measurement, tokenizing) somewhere:
+    child processes here, this process, or Ray tasks. Logs and results land in
+    ``work_dir``; the runner chooses none of this, its caller does (``executors``)."""
+
+    name: str
+    work_dir: Path
+
+    def run(
+        self,
+        job: dict[str, Any],
+        label: str,
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> JobOutcome:
+        """Run ``job`` to its end (or ``timeout`` seconds) and say how it ended."""
+        ...
+
+    def move_to(self, work_dir: Path) -> None:
+        """Carry the files of jobs run so far to ``work_dir`` and write there from now on."""
+        ...
+
+    def close(self) -> None:
+        """Release what the executor holds (a Ray instance it started)."""
+        ...
+
+
+def _last_error_line(log: Path) -> str:
+    try:
+        lines = [
+            ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
+        ]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line or "Exception" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else ""
+
+
+def describe_exit(returncode: int, log: Path) -> str:
+    if returncode == -signal.SIGKILL or returncode == 137:
+        return "worker was killed (SIGKILL: out of memory?)"
+    if returncode < 0:
+        detail = _last_error_line(log)
+        why = " (out of memory: std::bad_alloc)" if "bad_alloc" in detail else ""
+        return f"worker died from signal {signal.Signals(-returncode).name}{why}"
+    detail = _last_error_line(log)
+    return f"worker exited with status {returncode}" + (f": {detail}" if detail else "")
+
+
+class ProgressWatcher:
+    """Reads the worker's ``STEM.progress.json`` when it changes and hands it on."""
+
+    def __init__(self, path: Path, callback: ProgressCallback | None) -> None:
+        self.path = path
+        self.callback = callback
+        self.seen: int | None = None
+        path.unlink(missing_ok=True)
+
+    def poll(self) -> None:
+        if self.callback is None:
+            return
+        try:
+            stamp = self.path.stat().st_mtime_ns
+            if stamp == self.seen:
+                return
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not written yet, or being replaced
+            return
+        self.seen = stamp
+        self.callback(data)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a worker and everything it started (it leads its own process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_job(
+    job: dict[str, Any],
+    work_dir: Path,
+    stem: str,
+    timeout: float,
+    on_progress: ProgressCallback | None = None,
+) -> JobOutcome:
+    """Run one job in a fresh ``python -m quantforge.running.worker`` beside ``work_dir``'s files
+    ``STEM.job.json``, ``STEM.result.json``, ``STEM.log`` and ``STEM.progress.json``; kill it
+    at ``timeout``. ``on_progress`` gets what a long step reports, as it reports it."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    job_path = work_dir / f"{stem}.job.json"
+    result_path = work_dir / f"{stem}.result.json"
+    log_path = work_dir / f"{stem}.log"
+    watcher = ProgressWatcher(work_dir / f"{stem}.progress.json", on_progress)
+    job = {**job, "progress_path": str(watcher.path)}
+    job_path.write_text(json.dumps(job), encoding="utf-8")
+    result_path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    deadline = started + timeout
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "quantforge.running.worker", str(job_path), str(result_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", HOST_PID: str(os.getpid())},
+        )
+        code: int | None = None
+        try:
+            while code is None:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    _kill_group(proc)
+                    return JobOutcome(
+                        None,
+                        f"timed out after {timeout:g}s",
+                        result_path,
+                        log_path,
+                        time.perf_counter() - started,
+                    )
+                try:
+                    code = proc.wait(timeout=min(POLL_SECONDS, left))
+                except subprocess.TimeoutExpired:
+                    watcher.poll()
+        except BaseException:  # the host is interrupted or terminated: its worker goes too
+            _kill_group(proc)
+            raise
+    seconds = time.perf_counter() - started
+    failure = None if code == 0 else describe_exit(code, log_path)
+    return JobOutcome(code, failure, result_path, log_path, seconds)

@@ -1,0 +1,327 @@
+"""The child process that runs steps: ``python -m quantforge.running.worker JOB.json RESULT.json``.
+
+The host (:mod:`quantforge.running.executor`) starts one per unit of work and watches it;
+this side loads the plugins again, runs the job and writes JSON results. A crash
+here is the host's business: it reads what was written and reports the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from quantforge.errors import is_disk_full, one_line
+from quantforge.interfaces import Artifact, CalibrationSet, EvalContext, Quantizer, StepContext
+from quantforge.model import artifacts
+from quantforge.plugins.manager import Plugins, load_plugins
+from quantforge.running import provenance
+
+# the exit status of a job that failed on its input data (said in its result's "error")
+INPUT_ERROR = 3
+
+
+def _artifact(data: dict[str, Any]) -> Artifact:
+    return Artifact(Path(data["path"]), data["format"], data.get("manifest", {}))
+
+
+def _append(result: Path, record: dict[str, Any]) -> None:
+    with result.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
+    """Quantize/export steps sharing one input; the input model is loaded once for all."""
+    calibration = None
+    if job.get("calibration_path"):
+        rows = json.loads(Path(job["calibration_path"]).read_text(encoding="utf-8"))
+        calibration = CalibrationSet(rows["samples"], rows["fingerprint"], rows["spec"])
+    context = StepContext(
+        seed=job.get("seed", 0),
+        calibration=calibration,
+        log=lambda msg: print(msg, flush=True),
+    )
+    progress_path = Path(job["progress_path"]) if job.get("progress_path") else None
+    for step in job["steps"]:
+        context.base_model = Path(step["base_path"]) if step.get("base_path") else None
+        if progress_path is not None:
+            context.report = _progress_writer(progress_path, step["key"], step["method"])
+        method = plugins.methods.get(step["method"])
+        try:
+            method.check_available()
+            source = _artifact(step["source"])
+            with artifacts.building(Path(step["output"])) as tmp:
+                if isinstance(method, Quantizer):
+                    method.quantize(source, step["options"], tmp, context)
+                else:
+                    method.export(source, step["options"], tmp, context)
+                artifacts.write_manifest(tmp, step["manifest"])
+            _append(result, {"key": step["key"], "ok": True})
+        except Exception as exc:
+            # the result line first: on a full disk the traceback may not fit in the log
+            error = explain(exc, job.get("memory_limit"))
+            record = {"key": step["key"], "ok": False, "error": error}
+            if is_disk_full(exc):
+                record["disk_full"] = True
+            _append(result, record)
+            traceback.print_exc()
+
+
+def _progress_writer(path: Path, key: str, method: str) -> Callable[[int, int, str], None]:
+    """Write a step's progress where the host polls it: done, total, elapsed and an estimate
+    of what is left (the mean time per unit so far), replaced atomically."""
+    import time
+
+    started = time.monotonic()
+
+    def write(done: int, total: int, unit: str) -> None:
+        elapsed = time.monotonic() - started
+        eta = elapsed / done * (total - done) if 0 < done <= total else None
+        record = {
+            "key": key,
+            "method": method,
+            "done": done,
+            "total": total,
+            "unit": unit,
+            "elapsed_s": round(elapsed, 1),
+            "eta_s": None if eta is None else round(eta, 1),
+        }
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        tmp.replace(path)
+
+    return write
+
+
+def tokenize(job: dict[str, Any], result: Path) -> None:
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    text = Path(job["text_path"]).read_text(encoding="utf-8")
+    tokenizer = AutoTokenizer.from_pretrained(job["model_path"])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    digest = hashlib.sha256()
+    digest.update(text.encode())
+    digest.update(json.dumps(ids).encode())
+    result.write_text(json.dumps({"token_ids": ids, "fingerprint": "sha256:" + digest.hexdigest()}))
+
+
+def calibrate(job: dict[str, Any], result: Path) -> None:
+    """Tokenize the calibration source into rows; a clear error goes into the result."""
+    from quantforge.errors import QuantforgeError
+    from quantforge.model.calibration import CalibrationSpec, load_texts, make_rows
+
+    spec = CalibrationSpec(**job["spec"])
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(job["model_path"])
+        streams = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in load_texts(spec)]
+        rows = make_rows(streams, spec)
+    except QuantforgeError as exc:
+        result.write_text(json.dumps({"error": str(exc)}))
+        raise SystemExit(INPUT_ERROR) from None
+    result.write_text(
+        json.dumps({"samples": rows, "fingerprint": job["fingerprint"], "spec": job["spec"]})
+    )
+
+
+def _rss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _reset_peak_rss() -> None:
+    """Start the address space's high-water mark afresh (Linux >= 4.0; elsewhere a no-op)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
+    """Load one artifact on one target and run the evaluators (or prepare references)."""
+    target = plugins.targets.get(job["target"])
+    artifact = _artifact(job["artifact"])
+    tokens = json.loads(Path(job["tokens_path"]).read_text(encoding="utf-8"))
+    evaluators = [(plugins.evaluators.get(e["name"]), e) for e in job["evaluators"]]
+    evaluators.sort(key=lambda pair: pair[0].order)
+    needs: list[str] = list(target.requires)
+    for evaluator, _ in evaluators:
+        evaluator.check_available()
+        needs.extend(evaluator.requires)
+    producer = job.get("producer")
+
+    def loader(a: Artifact) -> Any:
+        if producer is None:
+            return None
+        method = plugins.methods.get(producer)
+        needs.extend(method.requires)
+        return method.load_model(a) if isinstance(method, Quantizer) else None
+
+    context = EvalContext(
+        token_ids=tokens["token_ids"],
+        dataset_fingerprint=tokens["fingerprint"],
+        seed=job.get("seed", 0),
+        baseline_rss_bytes=0,
+        base_model=Path(job["base_model"]) if job.get("base_model") else None,
+    )
+    runtime = None
+    if any(e.needs_runtime for e, _ in evaluators) or job["mode"] == "reference":
+        target.check_available()
+        # Import the runtime's libraries first: memory "added by the model" excludes them.
+        import importlib
+
+        for package in target.requires:
+            importlib.import_module(package)
+        _reset_peak_rss()
+        context.baseline_rss_bytes = _rss()
+        runtime = target.load(artifact, job["target_options"], loader)
+    measurements: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    for evaluator, spec in evaluators:
+        try:
+            if job["mode"] == "reference":
+                assert runtime is not None
+                out_dir = Path(spec["reference_dir"])
+                with artifacts.building(out_dir) as tmp:
+                    evaluator.prepare_reference(runtime, spec["options"], context, tmp)
+                continue
+            context.reference_dir = (
+                Path(spec["reference_dir"]) if spec.get("reference_dir") else None
+            )
+            for m in evaluator.evaluate(artifact, runtime, spec["options"], context):
+                measurements.append(
+                    {
+                        "metric": m.metric,
+                        "value": m.value,
+                        "unit": m.unit,
+                        "better": m.better,
+                        "details": dict(m.details),
+                        "evaluator": evaluator.name,
+                        "evaluator_version": spec["version"],
+                        "kind": "measured" if target.measured else "estimated",
+                    }
+                )
+        except Exception as exc:
+            traceback.print_exc()
+            errors[evaluator.name] = explain(exc, job.get("memory_limit"))
+    env = provenance.environment(target.hardware(), needs)
+    if runtime is not None:
+        runtime.close()
+    result.write_text(
+        json.dumps(
+            {
+                "measurements": measurements,
+                "errors": errors,
+                "environment": env,
+                "dataset_fingerprint": tokens["fingerprint"],
+                "measured_at": provenance.now(),
+            }
+        )
+    )
+
+
+# what allocators say when the address space is used up (Python, PyTorch, C++, glibc)
+OUT_OF_MEMORY = ("can't allocate memory", "cannot allocate memory", "bad_alloc", "out of memory")
+
+
+def explain(exc: BaseException, memory_limit: int | None) -> str:
+    """One line for ``exc``; one that ran out of memory under the worker's cap says so."""
+    line = one_line(exc)
+    if memory_limit and (
+        isinstance(exc, MemoryError) or any(t in line.lower() for t in OUT_OF_MEMORY)
+    ):
+        return (
+            f"ran out of memory within the worker limit of {memory_limit / 2**30:.2f} GB "
+            f"(--worker-memory; raise it or free memory): {line}"
+        )
+    return line
+
+
+def limit_memory(limit: int | None) -> None:
+    """Cap this process's address space at ``limit`` bytes (RLIMIT_AS; POSIX only)."""
+    if not limit:
+        return
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _die_with_the_host() -> None:
+    """When the host dies, by any signal, this worker and every process it started go too.
+
+    The worker leads its own process group (the executor starts it so). On Linux the kernel
+    sends it SIGTERM when its parent dies (the parent-death signal), and the handler kills
+    the whole group, so a converter or compiler the step started does not outlive it. A
+    watchdog thread does the same within half a second if the handler cannot run (the main
+    thread inside a long call that holds the interpreter).
+    """
+    import signal
+    import threading
+    import time
+
+    host = os.environ.get("QUANTFORGE_HOST_PID")
+    if not host or os.getpgrp() != os.getpid():  # started by hand: not ours to police
+        return
+
+    def end_group(*_: object) -> None:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, end_group)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    def watch() -> None:
+        while str(os.getppid()) == host:
+            time.sleep(0.5)
+        end_group()
+
+    if str(os.getppid()) != host:  # the host died before any of this took effect
+        end_group()
+    threading.Thread(target=watch, name="host-watchdog", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    _die_with_the_host()
+    args = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    limit_memory(job.get("memory_limit"))  # before the job imports its libraries
+    return run_job(job, Path(args[1]))
+
+
+def run_job(job: dict[str, Any], result: Path) -> int:
+    """Do one job and write its result; the executor's worker process, or the inline
+    executor in its own process, calls it."""
+    if job["kind"] == "tokenize":
+        tokenize(job, result)
+        return 0
+    if job["kind"] == "calibrate":
+        calibrate(job, result)
+        return 0
+    plugins = load_plugins()
+    if job["kind"] == "steps":
+        run_steps(plugins, job, result)
+    elif job["kind"] == "evaluate":
+        evaluate(plugins, job, result)
+    else:
+        raise SystemExit(f"unknown job kind {job['kind']!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
