@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--third-party", action="store_true", help="only plugins from other packages")
     p.set_defaults(handler=_lazy("quantforge.cli.listing", "plugins_command"))
 
+    p = sub.add_parser("plugin", help="write a new plugin package to start from")
+    plugin = p.add_subparsers(dest="plugin_command", metavar="PLUGIN_COMMAND", required=True)
+    p = plugin.add_parser(
+        "new",
+        help="a ready package: entry point, a documented class, conformance tests, README",
+    )
+    p.add_argument("name", help="the name it registers (lowercase: myquant)")
+    p.add_argument(
+        "--kind", required=True, choices=("quantizer", "exporter", "target", "evaluator")
+    )
+    p.add_argument("--out", type=Path, help="the folder to write (default: ./quantforge-NAME)")
+    p.set_defaults(handler=_lazy("quantforge.cli.plugin_new", "plugin_new_command"))
+
     for name, text in (
         ("methods", "quantizers and exporters, with their options"),
         ("targets", "device targets"),
