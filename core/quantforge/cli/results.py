@@ -51,8 +51,9 @@ def print_tables(run_dir: Path) -> None:
             parts.append((f"{heading}: task scores", tasks, False))
         for heading_, metrics, with_status in parts:
             table = Table(title=heading_)
-            table.add_column("variant")
-            table.add_column("method")
+            # a variant's name is what later commands take: wrapped, never cut short
+            table.add_column("variant", overflow="fold")
+            table.add_column("method", overflow="fold")
             table.add_column("bits", justify="right")
             for metric in metrics:
                 table.add_column(title(metric), justify="right")

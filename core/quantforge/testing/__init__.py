@@ -6,6 +6,7 @@ or a check runs.
 May import: everything but :mod:`quantforge.cli` (tests of every layer use it).
 """
 
+from quantforge.model.texts import prose_calibration_text, prose_evaluation_text
 from quantforge.model.texts import stdlib_calibration_text as calibration_text
 from quantforge.model.texts import stdlib_evaluation_text as evaluation_text
 from quantforge.testing.conformance import (
@@ -16,6 +17,7 @@ from quantforge.testing.conformance import (
     check_target,
     tiny_calibration,
 )
+from quantforge.testing.families import family_model
 from quantforge.testing.real_model import REAL_MODELS, real_model
 from quantforge.testing.tiny_model import TinyModelSpec, build_tiny_model
 
@@ -30,6 +32,9 @@ __all__ = [
     "check_quantizer",
     "check_target",
     "evaluation_text",
+    "family_model",
+    "prose_calibration_text",
+    "prose_evaluation_text",
     "real_model",
     "tiny_calibration",
 ]
