@@ -8,9 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from quantforge.errors import (
-    DiskFullError,
-)
+from quantforge.errors import DiskFullError
 from quantforge.interfaces import Artifact
 from quantforge.model import artifacts
 from quantforge.running import provenance

@@ -9,9 +9,7 @@ import platform
 from quantforge import __version__ as quantforge_version
 from quantforge.devices.footprint import footprint_of
 from quantforge.devices.profiles import DeviceProfile
-from quantforge.errors import (
-    QuantforgeError,
-)
+from quantforge.errors import QuantforgeError
 from quantforge.running import provenance
 from quantforge.running.context import RunContext
 from quantforge.running.preflight import Preflight

@@ -12,21 +12,14 @@ from typing import Any
 
 from quantforge.devices.footprint import footprint_from_config
 from quantforge.devices.profiles import DeviceProfile
-from quantforge.errors import (
-    RecipeError,
-    UnsupportedModelError,
-    UsageError,
-)
+from quantforge.errors import RecipeError, UnsupportedModelError, UsageError
 from quantforge.interfaces import Evaluator, Target, check_group_size
 from quantforge.model.calibration import CalibrationSpec
 from quantforge.model.calibration import fingerprint as calibration_fingerprint
 from quantforge.model.checks import check_shipped_code
 from quantforge.model.source import BaseModel, resolve_model
 from quantforge.plugins.manager import Plugins
-from quantforge.running.builtin_texts import (
-    builtin_calibration,
-    builtin_eval_text,
-)
+from quantforge.running.builtin_texts import builtin_calibration, builtin_eval_text
 from quantforge.running.cache_keys import digest
 from quantforge.running.planner import VariantPlan, needs_calibration, plan_variant
 from quantforge.running.recipe import RunConfig

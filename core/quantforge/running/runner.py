@@ -16,17 +16,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from quantforge.errors import (
-    QuantforgeError,
-    UsageError,
-)
+from quantforge.errors import QuantforgeError, UsageError
 from quantforge.plugins.manager import Plugins, load_plugins
 from quantforge.running import provenance, worker
 from quantforge.running.building import Builder
-from quantforge.running.builtin_texts import (
-    atomic_copy,
-    base_source,
-)
+from quantforge.running.builtin_texts import atomic_copy, base_source
 from quantforge.running.cache_keys import digest
 from quantforge.running.context import RunContext
 from quantforge.running.estimates import record_estimates
