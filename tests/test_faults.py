@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import pytest
 from conftest import ROOT, fails_with, quantforge
+from quantforge.model.artifacts import is_complete
 from quantforge.store.results import ResultsStore
 
 pytestmark = pytest.mark.slow
@@ -52,6 +53,11 @@ def _half_written(cache: Path) -> list[Path]:
     return list((cache / "artifacts").glob(".tmp-*/partial.bin"))
 
 
+def _built(cache: Path) -> list[Path]:
+    """Finished artifacts (their manifest is written last, at the atomic rename)."""
+    return [p for p in (cache / "artifacts").glob("*") if is_complete(p)]
+
+
 def _leftovers(cache: Path) -> list[str]:
     """Temporary files and folders in the cache: a write that never finished."""
     return [p.name for p in cache.rglob("*") if p.name.startswith(".") and "tmp" in p.name]
@@ -78,8 +84,10 @@ def test_kill_9_of_the_host_mid_step_then_a_rerun_builds_only_what_was_lost(
             "--evaluator", "size", "--out", str(out)]  # fmt: skip
     env = {"QUANTFORGE_CACHE_DIR": str(cache), "QF_RELEASE": str(release)}
     host = _start(args, env, subprocess.DEVNULL)
-    # rtn:int8 is built; faults-slow, in the same worker, is half-written
+    # rtn:int8 is built (in its own worker beside the slow one, or before it in the same
+    # worker when there is one core); faults-slow is half-written
     _wait_for(lambda: _half_written(cache), host, "the slow step started")
+    _wait_for(lambda: _built(cache), host, "rtn:int8 was built")
     assert _workers(out / "logs")
     host.send_signal(signal.SIGKILL)
     host.wait(timeout=30)
@@ -210,7 +218,8 @@ def test_a_full_disk_during_an_export_stops_in_one_line_and_a_rerun_completes(
     from quantforge_llamacpp.converter import converter_dir
 
     out, cache = small_disk / "run", small_disk / "cache"
-    args = ["quantize", str(tiny_model), *ON_DISK, "--out", str(out)]
+    # one job at a time: the disk is sized to fill at the export, after RTN int8 is whole
+    args = ["quantize", str(tiny_model), *ON_DISK, "--out", str(out), "--jobs", "1"]
     # llama.cpp's converter (a download) stays in the session's cache, off the small disk
     env = {"QUANTFORGE_CACHE_DIR": str(cache), "QUANTFORGE_LLAMA_CPP_DIR": str(converter_dir())}
     first = quantforge(*args, env=env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,75 @@ def test_without_ray_installed_the_executor_names_the_extra_and_local_still_runs
     assert not out.exists()
     done = quantforge(*args, "--out", str(out), env={"PYTHONPATH": path})
     assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path: Path) -> Iterator[str]:
+    """A Ray cluster of two nodes on this machine, started as a user would with
+    ``ray start``: a head and a second node, one CPU each, each with a resource of its own."""
+    import shutil
+    import subprocess
+    import sys
+
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    assert ray is not None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    # Ray 2.60 may turn token authentication on for a head started by hand; a second
+    # node then fails to join with InvalidAuthToken: this cluster on 127.0.0.1 goes without
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    try:
+        subprocess.run(
+            [ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+             "--include-dashboard", "false", "--resources", '{"head": 1}', *common],
+            check=True, capture_output=True, env=env, timeout=120,
+        )  # fmt: skip
+        subprocess.run(
+            [ray, "start", "--address", address, "--node-ip-address", "127.0.0.1",
+             "--resources", '{"second": 1}', *common],
+            check=True, capture_output=True, env=env, timeout=120,
+        )  # fmt: skip
+        yield address
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a["started"] < b["ended"] and b["started"] < a["ended"]
+
+
+def test_a_run_on_a_two_node_cluster_uses_both_nodes_at_once_with_local_results(
+    two_node_cluster: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    command = ["quantize", str(tiny_model), "--target", "cpu"]
+    command += [x for v in ("rtn:int8", "rtn:int4", "hqq:int4", "rtn:int4,group_size=64")
+                for x in ("-v", v)]  # fmt: skip
+    command += [x for e in ("size", "perplexity", "kl") for x in ("--evaluator", e)]
+    runs = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        env = {"QUANTFORGE_CACHE_DIR": str(tmp_path / f"cache-{executor}")}
+        extra = ["--ray-address", two_node_cluster] if executor == "ray" else []
+        done = quantforge(*command, "--out", str(out), "--executor", executor, *extra, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "4 steps run, 0 cached" in done.stderr + done.stdout
+        runs[executor] = out
+    local, ray = _values(runs["local"]), _values(runs["ray"])
+    assert set(local) == set(ray) and len(local) >= 4 * 5
+    for key, value in local.items():
+        assert ray[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+    placements = [json.loads(p.read_text()) for p in runs["ray"].glob("logs/*/*.ray.json")]
+    nodes = {p["node_id"] for p in placements}
+    assert len(nodes) == 2, nodes  # the head and the second node both ran jobs
+    side_by_side = [
+        (a, b)
+        for a in placements
+        for b in placements
+        if a["node_id"] < b["node_id"] and _overlap(a, b)
+    ]
+    assert side_by_side  # at the same time, one on each node
+    assert all(p["ended"] >= p["started"] for p in placements)

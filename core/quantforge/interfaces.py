@@ -540,10 +540,14 @@ class Evaluator(Component):
     :cvar order: evaluators of one variant run in ascending order (memory after speed).
     :cvar by_default: runs when a run names no evaluators; False for those that need
         inputs of their own or long generation (task evaluators), which are asked for.
+    :cvar timing_sensitive: its figures change when other work shares the machine (speed,
+        peak memory): a measurement that includes it runs with no other job beside it, and
+        its measurements say so (``details["ran_alone"]``).
     """
 
     needs_runtime: ClassVar[bool] = True
     by_default: ClassVar[bool] = True
+    timing_sensitive: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
     order: ClassVar[int] = 50
 

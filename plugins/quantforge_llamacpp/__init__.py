@@ -140,7 +140,13 @@ class LlamaCppQuantizer(Quantizer):
                     False,
                     "guide rounding with an importance matrix from the calibration text",
                 ),
-                Option("threads", int, 0, "quantization threads (0: all cores)", min=0),
+                Option(
+                    "threads",
+                    int,
+                    0,
+                    "quantization threads (0: every core this job may use)",
+                    min=0,
+                ),
             ],
             presets=_quant_presets(),
         )
@@ -194,7 +200,7 @@ class LlamaCppQuantizer(Quantizer):
                 gguf_py,
             )
             context.log(f"llamacpp: importance matrix over {len(imatrix)} tensors")
-        threads = int(options["threads"]) or (os.cpu_count() or 1)
+        threads = int(options["threads"]) or len(os.sched_getaffinity(0))
         report = quantize_gguf(src, output / GGUF_FILE, qtype, imatrix, threads)
         for fb in report["fallbacks"]:
             context.log(
@@ -244,7 +250,7 @@ class LlamaCppTarget(Target):
     extra = "gguf"
     options = OptionSet(
         [
-            Option("threads", int, 0, "llama.cpp threads (0: all cores)", min=0),
+            Option("threads", int, 0, "llama.cpp threads (0: every core this job may use)", min=0),
             Option("n_ctx", int, 0, "context size (0: the model's, at most 4096)", min=0),
         ]
     )
@@ -269,7 +275,7 @@ class LlamaCppTarget(Target):
             if config.exists():
                 longest = int(json.loads(config.read_text()).get("max_position_embeddings", 4096))
             n_ctx = min(longest, 4096)
-        threads = int(options.get("threads", 0)) or (os.cpu_count() or 1)
+        threads = int(options.get("threads", 0)) or len(os.sched_getaffinity(0))
         model = llama_cpp.Llama(
             model_path=str(gguf_file(artifact.path)),
             n_ctx=n_ctx,

@@ -55,6 +55,7 @@ class Speed(Evaluator):
         "prefill and greedy decode tokens/s with the runtime's KV cache (median of repeats)"
     )
     order = 20
+    timing_sensitive = True
     options = OptionSet(
         [
             Option("prompt_tokens", int, 128, "prompt length", min=1, max=131072),
@@ -112,6 +113,7 @@ class PeakMemory(Evaluator):
         "peak RSS of the process that loaded and ran the variant, and the part the model added"
     )
     order = 30
+    timing_sensitive = True
 
     def evaluate(
         self,

@@ -361,6 +361,14 @@ def _executor_arguments(p: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="an existing Ray cluster's head (default: start a local Ray instance)",
     )
+    p.add_argument(
+        "--jobs",
+        type=COUNT,
+        metavar="N",
+        help="jobs at once (default: as many as this machine's cores and memory allow, or "
+        "every ready job under Ray; 1: one at a time). Speed and memory are always measured "
+        "with nothing else running",
+    )
 
 
 def _constraint_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from quantforge.cli.common import calibration_from_args
 from quantforge.cli.search import run_search
-from quantforge.running.recipe import RunConfig, check_unique, load_recipe, with_base
+from quantforge.running.recipe import RunConfig, check_unique, load_recipes, with_base
 from quantforge.running.runner import run as run_config
 from quantforge.running.summary import Reporter, RunSummary
 
@@ -102,8 +102,9 @@ class RichReporter(Reporter):
             if inner is not None:
                 self._bars.remove_task(inner)
             self._bars.advance(self.task)
-            # a variant a target does not run is expected: the results table names them once
-            if status not in ("ok", "cached", "not runnable"):
+            # a variant a target does not run is expected: the results table names them once;
+            # a variant that failed to build is not measured (skipped): its failure was said
+            if status not in ("ok", "cached", "not runnable", "skipped"):
                 self._bars.console.print(f"  {label}: {status}")
 
     def note(self, text: str) -> None:
@@ -156,6 +157,11 @@ def _execute(config: RunConfig, as_json: bool) -> int:
             f"{summary.steps_run} steps run, {summary.steps_cached} cached; "
             f"{summary.evaluations_run} measurements run, {summary.evaluations_cached} cached."
         )
+    return _report(reporter, summary)
+
+
+def _report(reporter: RichReporter, summary: RunSummary) -> int:
+    """Say what failed and what was refused; the exit status."""
     from rich.markup import escape
 
     failures = summary.failures()
@@ -183,7 +189,17 @@ def _execute(config: RunConfig, as_json: bool) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    config = load_recipe(args.recipe, output=args.out)
+    configs = [_with_flags(config, args) for config in load_recipes(args.recipe, output=args.out)]
+    if len(configs) > 1:
+        return _execute_catalogue(configs, args.json)
+    config = configs[0]
+    if config.search is not None:
+        return run_search(config, args.json)
+    return _execute(config, args.json)
+
+
+def _with_flags(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``config`` with what the command line sets over the recipe."""
     if args.executor:
         config = replace(config, executor=args.executor)
     if args.allow_pickle:
@@ -192,9 +208,42 @@ def run_command(args: argparse.Namespace) -> int:
         config = replace(config, worker_memory=args.worker_memory)
     if args.ray_address:
         config = replace(config, ray_address=args.ray_address)
-    if config.search is not None:
-        return run_search(config, args.json)
-    return _execute(config, args.json)
+    if args.jobs:
+        config = replace(config, jobs=args.jobs)
+    return config
+
+
+def _execute_catalogue(configs: list[RunConfig], as_json: bool) -> int:
+    """Run every model's variants as one graph, then report each model as ``run`` does."""
+    from quantforge.cli.results import print_tables, results_json
+    from quantforge.running.runner import run_many
+
+    reporter = RichReporter(as_json)
+    try:
+        summaries = run_many(configs, reporter=reporter)
+    finally:
+        reporter.close()
+    if as_json:
+        print(
+            json.dumps(
+                {str(c.model): results_json(c.output) for c in configs}, indent=2, default=str
+            )
+        )
+    codes = []
+    for config, summary in zip(configs, summaries, strict=True):
+        if not as_json:
+            reporter.console.print(f"[bold]{config.model}[/bold] -> {config.output}")
+            print_tables(config.output)
+        codes.append(_report(reporter, summary))
+    if not as_json:
+        done = sum(s.steps_run for s in summaries), sum(s.steps_cached for s in summaries)
+        measured = sum(s.evaluations_run for s in summaries)
+        cached = sum(s.evaluations_cached for s in summaries)
+        reporter.console.print(
+            f"{len(configs)} models: {done[0]} steps run, {done[1]} cached; "
+            f"{measured} measurements run, {cached} cached."
+        )
+    return 1 if 1 in codes else REFUSED_EXIT if REFUSED_EXIT in codes else 0
 
 
 def _target_arg(text: str) -> tuple[str, dict[str, str]]:
@@ -240,6 +289,7 @@ def quantize_command(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         allow_pickle=args.allow_pickle,
         worker_memory=args.worker_memory,
+        jobs=args.jobs,
     )
     return _execute(config, args.json)
 

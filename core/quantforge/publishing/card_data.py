@@ -96,8 +96,20 @@ def fit_lines(facts: RunFacts, variant: str) -> list[str]:
             ),
             "",
         )
+        timed = [
+            facts.rows[(variant, target, m)].details.get("ran_alone")
+            for m in ("decode_tps", "peak_rss_mb")
+            if (variant, target, m) in facts.rows
+        ]
+        alone = (
+            ", with no other job running"
+            if timed and all(a is True for a in timed)
+            else ", while other jobs shared the machine"
+            if any(a is False for a in timed)
+            else ""
+        )
         lines.append(
-            f"**{target}** (measured on {hardware}): decode "
+            f"**{target}** (measured on {hardware}{alone}): decode "
             f"{format_value('decode_tps', decode) if decode is not None else NOT_MEASURED} tok/s, "
             f"peak RSS {format_value('peak_rss_mb', rss) if rss is not None else NOT_MEASURED} MB"
         )

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from quantforge.running.graph import Capacity
+
 # A long step's progress, as the worker last wrote it (see StepContext.progress).
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -25,6 +27,9 @@ POLL_SECONDS = 1.0
 
 
 HOST_PID = "QUANTFORGE_HOST_PID"  # the worker dies with this process (see worker.py)
+
+# what the libraries a worker loads read for their thread count
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,15 @@ class Executor(Protocol):
         """Carry the files of jobs run so far to ``work_dir`` and write there from now on."""
         ...
 
+    def capacity(self, max_jobs: int | None) -> Capacity:
+        """How many jobs may run at once (at most ``max_jobs``; ``None``: as many as fit)
+        and on what: this machine's cores and memory, or ``cores=None`` where the executor
+        places jobs itself."""
+        ...
+
     def close(self) -> None:
-        """Release what the executor holds (a Ray instance it started)."""
+        """Stop jobs still in flight and release what the executor holds (a Ray instance it
+        started); a job asked for after this fails at once. Safe to call twice."""
         ...
 
 
@@ -125,7 +137,7 @@ class ProgressWatcher:
         self.callback(data)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
     """Kill a worker and everything it started (it leads its own process group)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -138,10 +150,13 @@ def run_job(
     stem: str,
     timeout: float,
     on_progress: ProgressCallback | None = None,
+    live: set[subprocess.Popen[bytes]] | None = None,
 ) -> JobOutcome:
     """Run one job in a fresh ``python -m quantforge.running.worker`` beside ``work_dir``'s files
     ``STEM.job.json``, ``STEM.result.json``, ``STEM.log`` and ``STEM.progress.json``; kill it
-    at ``timeout``. ``on_progress`` gets what a long step reports, as it reports it."""
+    at ``timeout``. ``on_progress`` gets what a long step reports, as it reports it. The
+    worker uses ``job["threads"]`` threads (OpenMP, MKL) when the job says; while it runs
+    it is in ``live``, where whoever stops the run finds it."""
     work_dir.mkdir(parents=True, exist_ok=True)
     job_path = work_dir / f"{stem}.job.json"
     result_path = work_dir / f"{stem}.result.json"
@@ -152,6 +167,10 @@ def run_job(
     result_path.unlink(missing_ok=True)
     started = time.perf_counter()
     deadline = started + timeout
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", HOST_PID: str(os.getpid())}
+    if job.get("threads"):
+        for name in THREAD_VARIABLES:
+            env[name] = str(job["threads"])
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "quantforge.running.worker", str(job_path), str(result_path)],
@@ -159,14 +178,16 @@ def run_job(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", HOST_PID: str(os.getpid())},
+            env=env,
         )
+        if live is not None:
+            live.add(proc)
         code: int | None = None
         try:
             while code is None:
                 left = deadline - time.perf_counter()
                 if left <= 0:
-                    _kill_group(proc)
+                    kill_group(proc)
                     return JobOutcome(
                         None,
                         f"timed out after {timeout:g}s",
@@ -179,8 +200,11 @@ def run_job(
                 except subprocess.TimeoutExpired:
                     watcher.poll()
         except BaseException:  # the host is interrupted or terminated: its worker goes too
-            _kill_group(proc)
+            kill_group(proc)
             raise
+        finally:
+            if live is not None:
+                live.discard(proc)
     seconds = time.perf_counter() - started
     failure = None if code == 0 else describe_exit(code, log_path)
     return JobOutcome(code, failure, result_path, log_path, seconds)

@@ -1,5 +1,6 @@
-"""Executors on this machine: worker processes one at a time (``local``), or jobs in this
-process (``inline``, for tests and quick looks).
+"""Executors on this machine: worker processes, as many at once as the cores and memory
+allow (``local``), or jobs in this process one at a time (``inline``, for tests and quick
+looks).
 """
 
 from __future__ import annotations
@@ -8,17 +9,29 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from quantforge.running.executor import JobOutcome, ProgressCallback, describe_exit, run_job
+from quantforge.running.executor import (
+    JobOutcome,
+    ProgressCallback,
+    describe_exit,
+    kill_group,
+    run_job,
+)
+from quantforge.running.graph import Capacity
+
+STOPPED = "the run was stopped"
 
 
 class LocalExecutor:
-    """Runs jobs as child processes of this one, one at a time; ``memory_limit`` (bytes)
-    caps each worker's address space (RLIMIT_AS), so a step that needs more fails alone."""
+    """Runs jobs as child processes of this one, several at once when the run's scheduler
+    asks (``run`` is called from its threads); ``memory_limit`` (bytes) caps each worker's
+    address space (RLIMIT_AS), so a step that needs more fails alone."""
 
     name = "local"
 
@@ -27,14 +40,33 @@ class LocalExecutor:
         self.memory_limit = memory_limit
         work_dir.mkdir(parents=True, exist_ok=True)
         self._count = 0
+        self._lock = threading.Lock()
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self.closed = False
+
+    def capacity(self, max_jobs: int | None) -> Capacity:
+        """This machine's cores and available memory (see :class:`Capacity`)."""
+        return Capacity.of_this_machine(max_jobs)
 
     def limited(self, job: dict[str, Any]) -> dict[str, Any]:
         """``job`` with the worker memory limit the worker applies to itself."""
         return {**job, "memory_limit": self.memory_limit} if self.memory_limit else job
 
     def stem(self, label: str) -> str:
-        self._count += 1
-        return f"{self._count:03d}-{label}".replace("/", "_")
+        with self._lock:
+            self._count += 1
+            count = self._count
+        return f"{count:03d}-{label}".replace("/", "_")
+
+    def stopped(self, stem: str) -> JobOutcome:
+        """What a job asked for after :meth:`close` gets."""
+        return JobOutcome(
+            None,
+            STOPPED,
+            self.work_dir / f"{stem}.result.json",
+            self.work_dir / f"{stem}.log",
+            0.0,
+        )
 
     def run(
         self,
@@ -43,7 +75,12 @@ class LocalExecutor:
         timeout: float,
         on_progress: ProgressCallback | None = None,
     ) -> JobOutcome:
-        return run_job(self.limited(job), self.work_dir, self.stem(label), timeout, on_progress)
+        stem = self.stem(label)
+        if self.closed:
+            return self.stopped(stem)
+        return run_job(
+            self.limited(job), self.work_dir, stem, timeout, on_progress, live=self._live
+        )
 
     def move_to(self, work_dir: Path) -> None:
         """Carry the files of jobs run so far to ``work_dir`` and write there from now on."""
@@ -57,7 +94,10 @@ class LocalExecutor:
         self.work_dir = work_dir
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Kill the workers still running (each with what it started)."""
+        self.closed = True
+        for proc in list(self._live):
+            kill_group(proc)
 
 
 class InlineExecutor(LocalExecutor):
@@ -73,6 +113,10 @@ class InlineExecutor(LocalExecutor):
     """
 
     name = "inline"
+
+    def capacity(self, max_jobs: int | None) -> Capacity:
+        """One job at a time: jobs share this process's standard output and error."""
+        return Capacity(1, Capacity.of_this_machine().cores)
 
     def run(
         self,

@@ -1,4 +1,5 @@
-"""Measuring variants: evaluators run on each variant on each measured target."""
+"""Measuring variants: evaluators run on each variant on each measured target, as jobs of
+the run's graph."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from quantforge.running import provenance
 from quantforge.running.cache_keys import digest
 from quantforge.running.context import RunContext
 from quantforge.running.executor import Executor, JobOutcome
+from quantforge.running.graph import Job, Scheduler, Slot
 from quantforge.running.planner import VariantPlan
 from quantforge.running.preflight import Preflight
 from quantforge.running.summary import RunSummary
@@ -20,11 +22,51 @@ from quantforge.store.results import ResultsStore
 
 
 class Measurer:
-    """Runs the evaluators on every built variant on every measured target: the base's
-    reference outputs first, then each variant, each measurement cached by its key."""
+    """Turns the measurements into jobs of the run's graph: the base's reference outputs per
+    target, then each built variant on each measured target, each measurement cached by
+    its key. A measurement with a timing-sensitive evaluator (speed, peak memory) runs with
+    nothing else beside it."""
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        executor: Executor,
+        plan: Preflight,
+        summary: RunSummary,
+        tokens: Path,
+    ) -> None:
         self.ctx = ctx
+        self.executor = executor
+        self.plan = plan
+        self.summary = summary
+        self.tokens = tokens
+        self.fingerprint = json.loads(tokens.read_text())["fingerprint"]
+        self.references: dict[tuple[str, str], Path] = {}
+        self.reference_jobs: dict[str, Job] = {}  # by the target whose reference it writes
+        self.pairs = [
+            (vplan, tname)
+            for vplan in plan.plans
+            for tname, (target, _) in plan.targets.items()
+            if target.measured
+        ]
+        self.exclusive = any(e.timing_sensitive for e, _, _ in plan.evaluators)
+
+    def units(self) -> int:
+        """Reference runs and measurements: units of the run's progress."""
+        sources = {id(job) for job in self.reference_jobs.values()}
+        return len(sources) + len(self.pairs)
+
+    def add_jobs(
+        self, scheduler: Scheduler, store: ResultsStore, run_id: str, records: dict[str, Job]
+    ) -> None:
+        """Add the reference jobs, then a measurement job per variant and measured target
+        after the variant's record job and that target's reference."""
+        self._add_references(scheduler)
+        for vplan, tname in self.pairs:
+            after = [records[vplan.spec.name]]
+            if tname in self.reference_jobs:
+                after.append(self.reference_jobs[tname])
+            scheduler.add(self._measure_job(store, run_id, vplan, tname, after))
 
     @staticmethod
     def _eval_specs(
@@ -42,18 +84,14 @@ class Measurer:
             for e, opts, version in plan.evaluators
         ]
 
-    def references(
-        self, executor: Executor, plan: Preflight, tokens: Path
-    ) -> dict[tuple[str, str], Path]:
-        """Run the base once per target for evaluators that compare against it (its logits).
-
-        A target that cannot run the HF base (llama.cpp runs only GGUF) compares against
-        the base as run by a target that can: one in the run, else the local ``cpu``.
-        """
-        fingerprint = json.loads(tokens.read_text())["fingerprint"]
-        out: dict[tuple[str, str], Path] = {}
+    def _add_references(self, scheduler: Scheduler) -> None:
+        """A job per target that runs the base for the evaluators that compare against it
+        (its logits). A target that cannot run the HF base (llama.cpp runs only GGUF)
+        compares against the base as run by a target that can: one in the run, else the
+        local ``cpu``."""
+        plan = self.plan
         if not any(e.needs_reference for e, _, _ in plan.evaluators):
-            return out
+            return
         measured = {n: t for n, t in plan.targets.items() if t[0].measured}
         runs_base = [n for n, (t, _) in measured.items() if t.runs("hf")]
         sources: dict[str, tuple[str, Target, dict[str, Any]]] = {}
@@ -65,7 +103,7 @@ class Measurer:
             elif "cpu" in self.ctx.plugins.targets:
                 cpu = self.ctx.plugins.targets.get("cpu")
                 sources[tname] = ("cpu", cpu, cpu.options.resolve("target cpu", {}))
-        done: set[str] = set()
+        by_source: dict[str, Job] = {}
         for tname, (rname, source_target, topts) in sources.items():
             wanted = []
             for evaluator, opts, version in plan.evaluators:
@@ -79,14 +117,29 @@ class Measurer:
                     evaluator.name,
                     version,
                     opts,
-                    fingerprint,
+                    self.fingerprint,
                 )
                 path = self.ctx.cache_dir / "references" / key
-                out[(tname, evaluator.name)] = path
+                self.references[(tname, evaluator.name)] = path
                 wanted.append((key, path, evaluator.name, opts, version))
-            if rname in done:
-                continue
-            done.add(rname)
+            if rname not in by_source:
+                by_source[rname] = scheduler.add(
+                    self._reference_job(rname, source_target, topts, wanted)
+                )
+            self.reference_jobs[tname] = by_source[rname]
+
+    def _reference_job(
+        self,
+        rname: str,
+        source_target: Target,
+        topts: dict[str, Any],
+        wanted: list[tuple[str, Path, str, dict[str, Any], str]],
+    ) -> Job:
+        """The job that runs the base on ``rname`` once to write the references ``wanted``
+        names that the cache does not hold."""
+        resources = {**self.ctx.memory(self.plan), **source_target.resources()}
+
+        def work(slot: Slot) -> str | None:
             names = [f"reference-{key}" for key, *_ in wanted]
             with self.ctx.locks(names, f"computing the base's reference outputs on {rname}"):
                 todo = [
@@ -96,124 +149,125 @@ class Measurer:
                 ]
                 for item in todo:  # what a killed run left half-written
                     artifacts.remove_partial(Path(str(item["reference_dir"])))
-                if todo:
-                    self._reference_job(executor, plan, tokens, rname, source_target, topts, todo)
-        return out
+                if not todo:
+                    return None
+                job = {
+                    "kind": "evaluate",
+                    "mode": "reference",
+                    "target": rname,
+                    "target_options": topts,
+                    "artifact": {"path": str(self.plan.base.path), "format": "hf", "manifest": {}},
+                    "producer": None,
+                    "evaluators": todo,
+                    "tokens_path": str(self.tokens),
+                    "seed": self.ctx.config.seed,
+                    "base_model": str(self.plan.base.path),
+                    "resources": resources,
+                    **slot.job_fields(),
+                }
+                outcome = self.executor.run(job, f"reference-{rname}", self.ctx.config.step_timeout)
+            if outcome.failure:
+                return (
+                    f"reference run on {rname} failed: {outcome.failure} (log: {outcome.log_path})"
+                )
+            return None
 
-    def _reference_job(
-        self,
-        executor: Executor,
-        plan: Preflight,
-        tokens: Path,
-        tname: str,
-        source_target: Target,
-        topts: dict[str, Any],
-        todo: list[dict[str, Any]],
-    ) -> None:
-        """Run the base on ``tname`` once to write the references ``todo`` asks for."""
-        self.ctx.reporter.stage(f"reference outputs of the base on {tname}", 1)
-        job = {
-            "kind": "evaluate",
-            "mode": "reference",
-            "target": tname,
-            "target_options": topts,
-            "artifact": {"path": str(plan.base.path), "format": "hf", "manifest": {}},
-            "producer": None,
-            "evaluators": todo,
-            "tokens_path": str(tokens),
-            "seed": self.ctx.config.seed,
-            "base_model": str(plan.base.path),
-        }
-        job["resources"] = {**self.ctx.memory(plan), **source_target.resources()}
-        outcome = executor.run(job, f"reference-{tname}", self.ctx.config.step_timeout)
-        self.ctx.reporter.advance(f"base on {tname}", "ok" if not outcome.failure else "failed")
-        if outcome.failure:
-            self.ctx.reporter.note(
-                f"reference run on {tname} failed: {outcome.failure} (log: {outcome.log_path})"
-            )
+        def done(failure: str | None) -> None:
+            self.ctx.reporter.advance(f"base on {rname}", "ok" if failure is None else "failed")
+            if failure:
+                self.ctx.reporter.note(failure)
 
-    def evaluate(
-        self,
-        executor: Executor,
-        store: ResultsStore,
-        run_id: str,
-        plan: Preflight,
-        tokens: Path,
-        references: dict[tuple[str, str], Path],
-        summary: RunSummary,
-    ) -> None:
-        fingerprint = json.loads(tokens.read_text())["fingerprint"]
-        pairs = [
-            (vplan, tname)
-            for vplan in plan.plans
-            for tname, (target, _) in plan.targets.items()
-            if target.measured and summary.variants[vplan.spec.name] == "ok"
-        ]
-        self.ctx.reporter.stage("measuring", len(pairs))
-        for vplan, tname in pairs:
-            name = vplan.spec.name
-            target, topts = plan.targets[tname]
+        return Job(
+            f"reference outputs of the base on {rname}",
+            work,
+            done,
+            cpus=int(resources.get("CPU", 1)),
+            memory=int(resources.get("memory", 0)),
+        )
+
+    def _measure_job(
+        self, store: ResultsStore, run_id: str, vplan: VariantPlan, tname: str, after: list[Job]
+    ) -> Job:
+        """Measure one variant on one target, or take the measurement from the cache (where
+        a run beside this one may just have put it)."""
+        plan = self.plan
+        name = vplan.spec.name
+        target, topts = plan.targets[tname]
+        specs = self._eval_specs(plan, tname, self.references)
+        key = digest("eval", vplan.key, tname, topts, specs, self.fingerprint, self.ctx.config.seed)
+        cache_file = self.ctx.cache_dir / "measurements" / f"{key}.json"
+        resources = {**self.ctx.memory(plan), **target.resources()}
+
+        def ready() -> bool:
+            if self.summary.variants.get(name) != "ok":  # not built: nothing to measure
+                self.ctx.reporter.advance(f"{name} on {tname}", "skipped")
+                return False
             reason = plan.not_runnable.get((name, tname))
             if reason:
                 store.record_evaluation(
                     run_id, provenance.now(), name, tname, "not-runnable", error=reason
                 )
-                summary.evaluations[(name, tname)] = f"not runnable: {reason}"
+                self.summary.evaluations[(name, tname)] = f"not runnable: {reason}"
                 self.ctx.reporter.advance(f"{name} on {tname}", "not runnable")
-                continue
-            specs = self._eval_specs(plan, tname, references)
-            key = digest("eval", vplan.key, tname, topts, specs, fingerprint, self.ctx.config.seed)
+                return False
+            return True
+
+        def work(slot: Slot) -> tuple[str, Any]:
             with self.ctx.lock(f"measure-{key}", f"measuring {name} on {tname}"):
-                status = self._measure(
-                    executor, store, run_id, plan, vplan, tname, tokens, specs, key
+                if cache_file.exists():
+                    return "cached", json.loads(cache_file.read_text())
+                job = {
+                    "kind": "evaluate",
+                    "mode": "measure",
+                    "target": tname,
+                    "target_options": topts,
+                    "artifact": {
+                        "path": str(self.ctx.variant_path(plan, vplan)),
+                        "format": vplan.format,
+                        "manifest": {},
+                    },
+                    "producer": vplan.producer,
+                    "evaluators": specs,
+                    "tokens_path": str(self.tokens),
+                    "seed": self.ctx.config.seed,
+                    "base_model": str(plan.base.path),
+                    "resources": resources,
+                    **slot.job_fields(),
+                }
+                outcome = self.executor.run(
+                    job, f"measure-{name}-{tname}", self.ctx.config.step_timeout
                 )
-            if status == "cached":
-                summary.evaluations_cached += 1
+                if not outcome.failure and outcome.result_path.exists():
+                    result = outcome.json()
+                    if not result["errors"]:  # kept for the next run, under the lock
+                        cache_file.parent.mkdir(parents=True, exist_ok=True)
+                        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+                        tmp.write_text(json.dumps({**result, "run_id": run_id}))
+                        tmp.replace(cache_file)
+                return "run", outcome
+
+        def done(result: tuple[str, Any]) -> None:
+            how, value = result
+            if how == "cached":
+                self._store_measurements(store, run_id, name, tname, key, value, cached=True)
+                self.summary.evaluations_cached += 1
+                status = "cached"
             else:
-                summary.evaluations_run += 1
-            summary.evaluations[(name, tname)] = status
+                status = self._collect(store, run_id, name, tname, key, value)
+                self.summary.evaluations_run += 1
+            self.summary.evaluations[(name, tname)] = status
             self.ctx.reporter.advance(f"{name} on {tname}", status.split(":")[0])
 
-    def _measure(
-        self,
-        executor: Executor,
-        store: ResultsStore,
-        run_id: str,
-        plan: Preflight,
-        vplan: VariantPlan,
-        tname: str,
-        tokens: Path,
-        specs: list[dict[str, Any]],
-        key: str,
-    ) -> str:
-        """Measure one variant on one target, or take the measurement from the cache (where
-        a run beside this one may just have put it); return the status."""
-        name = vplan.spec.name
-        target, topts = plan.targets[tname]
-        cached = self.ctx.cache_dir / "measurements" / f"{key}.json"
-        if cached.exists():
-            result = json.loads(cached.read_text())
-            self._store_measurements(store, run_id, name, tname, key, result, plan, cached=True)
-            return "cached"
-        job = {
-            "kind": "evaluate",
-            "mode": "measure",
-            "target": tname,
-            "target_options": topts,
-            "artifact": {
-                "path": str(self.ctx.variant_path(plan, vplan)),
-                "format": vplan.format,
-                "manifest": {},
-            },
-            "producer": vplan.producer,
-            "evaluators": specs,
-            "tokens_path": str(tokens),
-            "seed": self.ctx.config.seed,
-            "base_model": str(plan.base.path),
-        }
-        job["resources"] = {**self.ctx.memory(plan), **target.resources()}
-        outcome = executor.run(job, f"measure-{name}-{tname}", self.ctx.config.step_timeout)
-        return self._collect(store, run_id, name, tname, key, outcome, plan, cached)
+        return Job(
+            f"measure {name} on {tname}",
+            work,
+            done,
+            after=after,
+            ready=ready,
+            cpus=int(resources.get("CPU", 1)),
+            memory=int(resources.get("memory", 0)),
+            exclusive=self.exclusive,
+        )
 
     def _collect(
         self,
@@ -223,8 +277,6 @@ class Measurer:
         tname: str,
         key: str,
         outcome: JobOutcome,
-        plan: Preflight,
-        cache_file: Path,
     ) -> str:
         if outcome.failure or not outcome.result_path.exists():
             error = f"{outcome.failure or 'no result'} (log: {outcome.log_path})"
@@ -233,13 +285,9 @@ class Measurer:
             )
             return f"failed: {error}"
         result = outcome.json()
-        self._store_measurements(store, run_id, name, tname, key, result, plan, cached=False)
+        self._store_measurements(store, run_id, name, tname, key, result, cached=False)
         if result["errors"]:
             return "partial: " + "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**result, "run_id": run_id}))
-        tmp.replace(cache_file)
         return "ok"
 
     def _store_measurements(
@@ -250,10 +298,10 @@ class Measurer:
         tname: str,
         key: str,
         result: dict[str, Any],
-        plan: Preflight,
         *,
         cached: bool,
     ) -> None:
+        plan = self.plan
         env = result["environment"]
         prov = {
             "hardware": env["hardware"],

@@ -6,8 +6,11 @@ A recipe (top-level keys such as ``variants`` come before the first ``[table]``)
                 {name = "rtn-g64", method = "rtn", preset = "int4", options = {group_size = 64}}]
 
     [model]
-    id = "path/or/org-name"       # required
+    id = "path/or/org-name"       # required (or ids / list below)
     revision = "main"             # optional, Hub only
+    # a catalogue instead: ids = ["org/a", "org/b"], or list = "models.txt" (one id a
+    # line, # comments); each model's variants are jobs of one run, each model's results
+    # in OUTPUT/<last part of its id>
 
     [targets.cpu]                 # or: targets = ["cpu"]
     threads = 2
@@ -32,13 +35,14 @@ A recipe (top-level keys such as ``variants`` come before the first ``[table]``)
     step_timeout = 3600
     allow_pickle = false          # true: load pickle weights (they can run code) you trust
     worker_memory = "8GB"         # optional: cap each worker's address space (RLIMIT_AS)
+    jobs = 2                      # optional: jobs at once (default: one per core; 1: serial)
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,7 @@ class RunConfig:
     ray_address: str | None = None  # an existing Ray cluster (default: start a local instance)
     allow_pickle: bool = False  # load pickle weights (they can run code): only when trusted
     worker_memory: int | None = None  # bytes of address space per worker (RLIMIT_AS)
+    jobs: int | None = None  # jobs at once (None: as many as the cores and memory allow)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -99,6 +104,7 @@ class RunConfig:
             "executor": self.executor,
             "allow_pickle": self.allow_pickle,
             "worker_memory": self.worker_memory,
+            "jobs": self.jobs,
         }
 
 
@@ -211,6 +217,74 @@ def _calibration(value: Any, base_dir: Path) -> CalibrationSpec | None:
 
 def load_recipe(path: Path, output: Path | None = None) -> RunConfig:
     """Read and validate a recipe; unknown keys and wrong types are refused with their path."""
+    return parse_recipe(_read_recipe(path), base_dir=path.parent, output=output)
+
+
+def load_recipes(path: Path, output: Path | None = None) -> list[RunConfig]:
+    """A recipe's runs: one, or one per model of a catalogue (``[model] ids`` or ``list``),
+    each writing to ``OUTPUT/<name>`` where ``<name>`` is the last part of its id."""
+    data = _read_recipe(path)
+    model = data.get("model")
+    if not isinstance(model, dict) or not ({"ids", "list"} & set(model)):
+        return [parse_recipe(data, base_dir=path.parent, output=output)]
+    _keys("[model]", model, {"ids", "list"})
+    if "ids" in model and "list" in model:
+        raise RecipeError("[model] has both ids and list", hint="keep one of them")
+    if "search" in data:
+        raise RecipeError(
+            "a [search] recipe names one model",
+            hint="write one recipe per model, or list variants instead of [search]",
+        )
+    ids = _model_ids(model, path.parent)
+    configs: list[RunConfig] = []
+    folders: dict[str, str] = {}
+    for model_id in ids:
+        config = parse_recipe({**data, "model": {"id": model_id}}, path.parent, output)
+        folder = _folder_name(model_id)
+        if folder in folders:
+            raise RecipeError(
+                f"models {folders[folder]!r} and {model_id!r} would share the output folder "
+                f"{folder!r}",
+                hint="list each model once, or run them from separate recipes",
+            )
+        folders[folder] = model_id
+        configs.append(replace(config, output=config.output / folder))
+    return configs
+
+
+def _model_ids(model: Mapping[str, Any], base_dir: Path) -> list[str]:
+    """The model ids of a catalogue: ``ids`` as given, or ``list``'s lines (a path in
+    the list is taken from the list's folder)."""
+    if "ids" in model:
+        ids = _expect("model.ids", model["ids"], list, "a list of model ids")
+        for i, item in enumerate(ids):
+            _expect(f"model.ids[{i}]", item, str, "a model id")
+        listed = [str(item) for item in ids]
+        where = base_dir
+    else:
+        name = _expect("model.list", model["list"], str, "a path")
+        list_path = base_dir / name
+        try:
+            lines = list_path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"cannot read the model list {str(list_path)!r}: {exc}") from None
+        listed = [ln.split("#", 1)[0].strip() for ln in lines]
+        listed = [ln for ln in listed if ln]
+        where = list_path.parent
+    if not listed:
+        raise RecipeError("the catalogue names no models", hint="add model ids to [model] ids")
+    return [str(where / m) if (where / m).exists() else m for m in listed]
+
+
+def _folder_name(model_id: str) -> str:
+    """``org/name`` or ``path/to/name`` -> ``name``, safe as a folder name."""
+    import re
+
+    last = model_id.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip(".-") or "model"
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -221,7 +295,7 @@ def load_recipe(path: Path, output: Path | None = None) -> RunConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"recipe {str(path)!r} is not valid TOML: {exc}") from None
-    return parse_recipe(data, base_dir=path.parent, output=output)
+    return data
 
 
 def parse_recipe(
@@ -273,6 +347,7 @@ def parse_recipe(
             "ray_address",
             "allow_pickle",
             "worker_memory",
+            "jobs",
         },
     )
 
@@ -310,7 +385,17 @@ def parse_recipe(
             "run.allow_pickle", run.get("allow_pickle", False), bool, "true or false"
         ),
         worker_memory=_worker_memory(run.get("worker_memory")),
+        jobs=_jobs(run.get("jobs")),
     )
+
+
+def _jobs(value: Any) -> int | None:
+    if value is None:
+        return None
+    jobs = _expect("run.jobs", value, int, "a number of jobs")
+    if isinstance(jobs, bool) or jobs < 1:
+        raise RecipeError(f"run.jobs must be 1 or more, got {value}")
+    return int(jobs)
 
 
 SIZE_UNITS = {"": 2**20, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}

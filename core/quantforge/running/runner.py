@@ -1,15 +1,19 @@
-"""Run a recipe: preflight, build every variant's steps, measure, record.
+"""Run a recipe: preflight, then a graph of jobs (build every variant's steps, measure),
+each recorded as it finishes.
 
 Preflight checks everything that can be checked without compute (plugins,
 options, model folder, data files, optional packages) and raises before the
 first step. After that, one failing step or evaluation is recorded as that
-variant's failure and the run goes on.
+variant's failure and the run goes on. The jobs run as their inputs are ready, as many
+at once as the executor's capacity allows (:mod:`quantforge.running.graph`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -26,10 +30,11 @@ from quantforge.running.context import RunContext
 from quantforge.running.estimates import record_estimates
 from quantforge.running.executor import Executor, JobOutcome
 from quantforge.running.executors import make_executor
+from quantforge.running.graph import Job, Scheduler, Slot, Span
 from quantforge.running.measuring import Measurer
 from quantforge.running.preflight import Preflight, preflight
 from quantforge.running.recipe import RunConfig
-from quantforge.running.summary import Reporter, RunSummary
+from quantforge.running.summary import LockedReporter, Reporter, RunSummary
 from quantforge.store.results import ResultsStore
 
 
@@ -53,7 +58,8 @@ def _worker_message(outcome: JobOutcome) -> str:
 
 
 class Runner:
-    """Executes one run. Steps and measurements are cached across runs in ``cache_dir``."""
+    """Executes one run, or its part of a catalogue (:func:`run_catalogue`). Steps and
+    measurements are cached across runs in ``cache_dir``."""
 
     def __init__(
         self,
@@ -63,11 +69,26 @@ class Runner:
     ) -> None:
         self.config = config
         self.plugins = plugins or load_plugins()
-        self.reporter = reporter or Reporter()
+        # the run's jobs report from the scheduler's threads
+        self.reporter = (
+            reporter
+            if isinstance(reporter, LockedReporter)
+            else LockedReporter(reporter or Reporter())
+        )
         self.cache_dir = config.cache_dir or default_cache_dir()
         self.ctx = RunContext(config, self.plugins, self.reporter, self.cache_dir)
+        self.plan: Preflight | None = None
+        self.tokens: Path | None = None
+        self.store: ResultsStore | None = None
+        self.summary: RunSummary | None = None
+        self.builder: Builder | None = None
+        self.measurer: Measurer | None = None
 
     def run(self) -> RunSummary:
+        return run_catalogue([self])[0]
+
+    def check(self) -> Preflight:
+        """Preflight: everything that can be checked before any compute."""
         plan = preflight(self.config, self.plugins, self.cache_dir)
         for info in self.plugins.errors():
             self.reporter.note(f"plugin {info.name} is not loaded: {info.errors[0]}")
@@ -75,62 +96,88 @@ class Runner:
             self.reporter.note(note)
         for vplan, why in plan.refused:
             self.reporter.note(f"refused {vplan.spec.name}: {why}")
+        self.plan = plan
+        return plan
+
+    def add_preparation(self, scheduler: Scheduler, executor: Executor) -> None:
+        """Jobs that tokenize the evaluation text and the calibration set (each cached)."""
+        assert self.plan is not None
+        for kind, job in (self._tokenize_job(self.plan), self._calibration_job(self.plan)):
+            if job is None:
+                continue
+            key, body, what = job
+
+            def work(
+                slot: Slot, kind: str = kind, key: str = key, body: Any = body, what: str = what
+            ) -> Path:
+                return self._prepared(executor, kind, key, {**body, **slot.job_fields()}, what)
+
+            def done(path: Path, kind: str = kind) -> None:
+                if kind == "tokenize":
+                    self.tokens = path
+                else:
+                    self.ctx.calibration_rows = path
+
+            scheduler.add(Job(what, work, done))
+
+    def open(self, run_id: str) -> None:
+        """Make the output folder and its results store, and start the run there."""
+        assert self.plan is not None
         output = self.config.output
-        run_id = provenance.now().replace(":", "").replace("-", "") + "-" + uuid.uuid4().hex[:6]
-        # The executor first, then the texts tokenized (calibration data that is too short
-        # fails here): a run that cannot start leaves no run folder behind. Their logs wait
-        # in the cache until the run folder exists.
-        executor = make_executor(
-            self.config.executor,
-            self.cache_dir / "staging" / run_id,
-            self.config.ray_address,
-            self.config.worker_memory,
-        )
-        try:
-            tokens = self._tokenize(executor, plan)
-            self.ctx.calibration_rows = self._calibrate(executor, plan)
-            output.mkdir(parents=True, exist_ok=True)
-            executor.move_to(output / "logs" / run_id)
-            store = ResultsStore(output, create=True)
-        except BaseException as exc:
-            executor.close()
-            if isinstance(exc, UsageError):  # said in full; no log to point at
-                shutil.rmtree(executor.work_dir, ignore_errors=True)
-            raise
-        base = plan.base
-        store.start_run(
+        output.mkdir(parents=True, exist_ok=True)
+        self.store = ResultsStore(output, create=True)
+        base = self.plan.base
+        self.store.start_run(
             run_id,
             provenance.now(),
             {"ref": base.ref, "revision": base.revision, "content_hash": base.content_hash},
             {
                 **self.config.describe(),
-                "eval_text_source": plan.eval_source,
+                "eval_text_source": self.plan.eval_source,
                 "base_source": base_source(base.path),
-                "notes": plan.notes,
+                "notes": self.plan.notes,
             },
         )
-        summary = RunSummary(
-            run_id, output, "running", {}, {}, refused={p.spec.name: w for p, w in plan.refused}
+        self.summary = RunSummary(
+            run_id,
+            output,
+            "running",
+            {},
+            {},
+            refused={p.spec.name: w for p, w in self.plan.refused},
         )
-        try:
-            builder = Builder(self.ctx)
-            failures = builder.build(executor, plan, summary)
-            builder.record(store, run_id, plan, failures, summary)
-            measurer = Measurer(self.ctx)
-            references = measurer.references(executor, plan, tokens)
-            measurer.evaluate(executor, store, run_id, plan, tokens, references, summary)
-            record_estimates(self.ctx, store, run_id, plan, summary)
-        except BaseException:
-            with contextlib.suppress(Exception):  # a full disk may refuse this write too
-                store.finish_run(run_id, provenance.now(), "aborted")
-            store.close()
-            raise
-        finally:
-            executor.close()
+
+    def add_jobs(self, scheduler: Scheduler, executor: Executor) -> int:
+        """Add the build and measurement jobs; return how many units of progress they are."""
+        assert self.plan and self.store and self.summary and self.tokens
+        run_id = self.summary.run_id
+        self.builder = Builder(self.ctx, executor, self.plan, self.summary)
+        records = self.builder.add_jobs(
+            scheduler, self.store, run_id, parallel=scheduler.capacity.max_jobs
+        )
+        self.measurer = Measurer(self.ctx, executor, self.plan, self.summary, self.tokens)
+        self.measurer.add_jobs(scheduler, self.store, run_id, records)
+        return self.builder.units() + self.measurer.units()
+
+    def finish(self) -> RunSummary:
+        """Record the estimates and how the run ended."""
+        assert self.plan and self.store and self.summary
+        record_estimates(self.ctx, self.store, self.summary.run_id, self.plan, self.summary)
+        summary = self.summary
         summary.status = "partial" if summary.failed() or summary.refused else "ok"
-        store.finish_run(run_id, provenance.now(), summary.status)
-        store.close()
+        self.store.finish_run(summary.run_id, provenance.now(), summary.status)
+        self.store.close()
+        self.store = None
         return summary
+
+    def abort(self) -> None:
+        """Mark the run aborted (as far as the disk lets us) and close its store."""
+        if self.store is None or self.summary is None:
+            return
+        with contextlib.suppress(Exception):  # a full disk may refuse this write too
+            self.store.finish_run(self.summary.run_id, provenance.now(), "aborted")
+        self.store.close()
+        self.store = None
 
     def _prepared(
         self, executor: Executor, kind: str, key: str, job: dict[str, Any], what: str
@@ -143,7 +190,6 @@ class Runner:
         with self.ctx.lock(f"{kind}-{key}", what):
             if path.exists():
                 return path
-            self.reporter.stage(what, 1)
             job = {**job, "kind": kind, "resources": {"CPU": 1}}  # text and a tokenizer only
             outcome = executor.run(job, kind, self.config.step_timeout)
             if outcome.returncode == worker.INPUT_ERROR:  # the data, in the worker's words
@@ -153,28 +199,108 @@ class Runner:
                     f"{what} failed: {_worker_message(outcome)}", hint=f"see {outcome.log_path}"
                 )
             atomic_copy(outcome.result_path, path)
-        self.reporter.advance(kind, "ok")
         return path
 
-    def _tokenize(self, executor: Executor, plan: Preflight) -> Path:
+    @staticmethod
+    def _tokenize_job(plan: Preflight) -> tuple[str, tuple[str, dict[str, Any], str]]:
         """Tokenize the evaluation text once with the base tokenizer."""
         text = plan.eval_text.read_bytes()
         key = digest("tokens", hashlib.sha256(text).hexdigest(), plan.base.content_hash)
         job = {"model_path": str(plan.base.path), "text_path": str(plan.eval_text)}
-        return self._prepared(executor, "tokenize", key, job, "tokenizing the evaluation text")
+        return "tokenize", (key, job, "tokenizing the evaluation text")
 
-    def _calibrate(self, executor: Executor, plan: Preflight) -> Path | None:
+    @staticmethod
+    def _calibration_job(plan: Preflight) -> tuple[str, tuple[str, dict[str, Any], str] | None]:
         """Tokenize the calibration set once with the base tokenizer (cached by fingerprint)."""
         spec = plan.calibration_spec
         if plan.calibration is None or spec is None:
-            return None
+            return "calibrate", None
         key = digest("calibration", plan.calibration, plan.base.content_hash)
         job = {
             "model_path": str(plan.base.path),
             "spec": spec.describe(),
             "fingerprint": plan.calibration,
         }
-        return self._prepared(executor, "calibrate", key, job, "preparing the calibration data")
+        return "calibrate", (key, job, "preparing the calibration data")
+
+
+def run_catalogue(runners: list[Runner]) -> list[RunSummary]:
+    """Run several runs (a catalogue: one per base model) as one graph of jobs on one
+    executor, chosen by the first run's config; each run keeps its own output folder and
+    results store. Every run's preflight comes before any compute."""
+    first = runners[0].config
+    for runner in runners:
+        runner.check()
+    run_id = provenance.now().replace(":", "").replace("-", "") + "-" + uuid.uuid4().hex[:6]
+    outputs = [r.config.output for r in runners]
+    logs_root = outputs[0] if len(runners) == 1 else _common_folder(outputs)
+    cache_dir = runners[0].cache_dir
+    # The executor first, then the texts tokenized (calibration data that is too short
+    # fails here): a run that cannot start leaves no run folder behind. Their logs wait
+    # in the cache until the run folders exist.
+    executor = make_executor(
+        first.executor,
+        cache_dir / "staging" / run_id,
+        first.ray_address,
+        first.worker_memory,
+        shared=tuple(dict.fromkeys([cache_dir, *map(_existing_ancestor, outputs)])),
+        jobs=first.jobs,
+    )
+    capacity = executor.capacity(first.jobs)
+    try:
+        preparation = Scheduler(capacity, abort=executor.close)
+        for runner in runners:
+            runner.add_preparation(preparation, executor)
+        preparation.run()
+        for runner in runners:
+            runner.open(run_id)
+        executor.move_to(logs_root / "logs" / run_id)
+    except BaseException as exc:
+        executor.close()
+        for runner in runners:
+            runner.abort()
+        if isinstance(exc, UsageError):  # said in full; no log to point at
+            shutil.rmtree(executor.work_dir, ignore_errors=True)
+        raise
+    scheduler = Scheduler(capacity, abort=executor.close)
+    try:
+        units = sum(runner.add_jobs(scheduler, executor) for runner in runners)
+        if units:
+            runners[0].reporter.stage("building and measuring", units)
+        scheduler.run()
+        summaries = [runner.finish() for runner in runners]
+    except BaseException:
+        for runner in runners:
+            runner.abort()
+        raise
+    finally:
+        executor.close()
+        with contextlib.suppress(OSError):
+            write_timeline(executor.work_dir / "jobs.jsonl", scheduler.timeline)
+    return summaries
+
+
+def _common_folder(paths: list[Path]) -> Path:
+    """The deepest folder above every path in ``paths``."""
+    return Path(os.path.commonpath([p.absolute() for p in paths]))
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """``path``, or the nearest folder above it that exists (where it will be made)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def write_timeline(path: Path, spans: list[Span]) -> None:
+    """The run's job timeline, one JSON object a line: what ran, when, on which cores, and
+    whether alone."""
+    if not path.parent.exists():
+        return
+    with path.open("w", encoding="utf-8") as fh:
+        for span in spans:
+            fh.write(json.dumps(dataclasses.asdict(span)) + "\n")
 
 
 def run(
@@ -182,3 +308,13 @@ def run(
 ) -> RunSummary:
     """Run ``config``: see :class:`Runner`."""
     return Runner(config, plugins, reporter).run()
+
+
+def run_many(
+    configs: list[RunConfig], plugins: Plugins | None = None, reporter: Reporter | None = None
+) -> list[RunSummary]:
+    """Run a catalogue of configs (one per base model) as one graph: see
+    :func:`run_catalogue`."""
+    plugins = plugins or load_plugins()
+    shared = LockedReporter(reporter or Reporter())
+    return run_catalogue([Runner(config, plugins, shared) for config in configs])

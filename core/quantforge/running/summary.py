@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,33 @@ class Reporter:
     ) -> None:
         """A long step inside a unit reports how far it is (``12`` of ``30`` ``layers``,
         seconds elapsed, seconds estimated to go or ``None``)."""
+
+
+class LockedReporter(Reporter):
+    """Hands each call on to ``inner``, one at a time: a run's jobs report from the
+    scheduler's threads."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+        self._lock = threading.Lock()
+
+    def stage(self, title: str, total: int) -> None:
+        with self._lock:
+            self.inner.stage(title, total)
+
+    def advance(self, label: str, status: str) -> None:
+        with self._lock:
+            self.inner.advance(label, status)
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            self.inner.note(text)
+
+    def progress(
+        self, label: str, done: int, total: int, unit: str, elapsed: float, eta: float | None
+    ) -> None:
+        with self._lock:
+            self.inner.progress(label, done, total, unit, elapsed, eta)
 
 
 @dataclass

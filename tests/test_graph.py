@@ -1,0 +1,169 @@
+"""The run's job graph and its scheduler (``quantforge.running.graph``), on jobs that sleep:
+what runs beside what, on which cores, in which order, and what an error stops."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from quantforge.running.graph import Capacity, Job, Scheduler, Slot, Span
+
+
+def _sleeper(seconds: float, seen: list[Slot] | None = None) -> Any:
+    def work(slot: Slot) -> float:
+        if seen is not None:
+            seen.append(slot)
+        time.sleep(seconds)
+        return seconds
+
+    return work
+
+
+def _overlap(a: Span, b: Span) -> bool:
+    return a.started < b.ended and b.started < a.ended
+
+
+def _most_at_once(spans: list[Span]) -> int:
+    edges = sorted([(s.started, 1) for s in spans] + [(s.ended, -1) for s in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_independent_jobs_run_side_by_side_within_the_cores() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=2, cores=(0, 1)))
+    slots: list[Slot] = []
+    for i in range(4):
+        scheduler.add(Job(f"job {i}", _sleeper(0.3, slots)))
+    started = time.perf_counter()
+    scheduler.run()
+    took = time.perf_counter() - started
+    spans = scheduler.timeline
+    assert len(spans) == 4 and _most_at_once(spans) == 2
+    assert took < 1.0  # two rounds of 0.3 s, not four
+    assert all(len(s.cores) == 1 for s in slots)
+    for a in spans:  # two jobs at once never share a core
+        for b in spans:
+            if a is not b and _overlap(a, b):
+                assert set(a.cores).isdisjoint(b.cores)
+
+
+def test_a_job_starts_after_its_inputs_and_sees_their_results() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=4, cores=(0, 1, 2, 3)))
+    results: dict[str, Any] = {}
+
+    def record(name: str) -> Any:
+        return lambda value: results.__setitem__(name, value)
+
+    first = scheduler.add(Job("first", _sleeper(0.2), record("first")))
+    second = scheduler.add(Job("second", lambda slot: results["first"] * 2, record("second")))
+    second.after.append(first)
+    scheduler.run()
+    assert results == {"first": 0.2, "second": 0.4}
+    spans = {s.label: s for s in scheduler.timeline}
+    assert spans["second"].started >= spans["first"].ended
+
+
+def test_a_lone_ready_job_gets_every_core() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=4, cores=(0, 1, 2, 3)))
+    slots: list[Slot] = []
+    scheduler.add(Job("alone", _sleeper(0.01, slots)))
+    scheduler.run()
+    assert slots[0].cores == (0, 1, 2, 3) and slots[0].threads == 4
+
+
+def test_an_exclusive_job_runs_with_nothing_beside_it() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=3, cores=(0, 1, 2)))
+    slots: list[Slot] = []
+    for i in range(3):
+        scheduler.add(Job(f"build {i}", _sleeper(0.2)))
+    scheduler.add(Job("speed", _sleeper(0.2, slots), exclusive=True))
+    for i in range(3):
+        scheduler.add(Job(f"late {i}", _sleeper(0.2)))
+    scheduler.run()
+    spans = {s.label: s for s in scheduler.timeline}
+    speed = spans.pop("speed")
+    assert speed.alone and slots[0].cores == (0, 1, 2) and slots[0].alone
+    assert not any(_overlap(speed, other) for other in spans.values())
+    assert _most_at_once(list(spans.values())) == 3  # the others did run side by side
+
+
+def test_jobs_share_the_memory_budget() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=4, cores=(0, 1, 2, 3), memory=1000))
+    for i in range(3):
+        scheduler.add(Job(f"big {i}", _sleeper(0.15), memory=600))
+    scheduler.add(Job("huge", _sleeper(0.05), memory=5000))  # bigger than all: runs alone
+    scheduler.run()
+    assert _most_at_once(scheduler.timeline) == 1
+
+
+def test_a_job_with_nothing_to_run_lets_the_ones_after_it_go() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=2, cores=(0, 1)))
+    ran: list[str] = []
+    cached = scheduler.add(Job("cached", lambda slot: ran.append("cached"), ready=lambda: False))
+    record = scheduler.add(Job("record", None, after=[cached]))
+    scheduler.add(Job("measure", lambda slot: ran.append("measure"), after=[record]))
+    scheduler.run()
+    assert ran == ["measure"]
+    assert [s.label for s in scheduler.timeline] == ["measure"]
+
+
+def test_an_error_stops_the_run_aborts_what_is_in_flight_and_is_raised() -> None:
+    aborted = threading.Event()
+    started: list[str] = []
+
+    def slow(slot: Slot) -> None:
+        started.append("slow")
+        aborted.wait(10)  # as a worker killed by the executor's close
+
+    def broken(slot: Slot) -> None:
+        started.append("broken")
+        time.sleep(0.1)
+        raise OSError(28, "No space left on device")
+
+    scheduler = Scheduler(Capacity(max_jobs=2, cores=(0, 1)), abort=aborted.set)
+    scheduler.add(Job("slow", slow))
+    scheduler.add(Job("broken", broken))
+    later = scheduler.add(Job("later", lambda slot: started.append("later")))
+    later.after.extend(scheduler.jobs[:2])
+    begun = time.perf_counter()
+    with pytest.raises(OSError, match="No space left"):
+        scheduler.run()
+    assert aborted.is_set() and time.perf_counter() - begun < 5
+    assert sorted(started) == ["broken", "slow"]
+
+
+def test_one_job_at_a_time_runs_in_order_on_this_thread() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=1, cores=(0, 1)))
+    threads: list[str] = []
+    for i in range(3):
+        scheduler.add(
+            Job(f"job {i}", lambda slot, i=i: threads.append(threading.current_thread().name))
+        )
+    scheduler.run()
+    assert threads == [threading.current_thread().name] * 3
+    assert [s.label for s in scheduler.timeline] == ["job 0", "job 1", "job 2"]
+    assert _most_at_once(scheduler.timeline) == 1
+
+
+def test_a_circle_of_jobs_is_refused() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=2, cores=(0, 1)))
+    a = scheduler.add(Job("a", _sleeper(0)))
+    b = scheduler.add(Job("b", _sleeper(0), after=[a]))
+    a.after.append(b)
+    with pytest.raises(ValueError, match="circle"):
+        scheduler.run()
+
+
+def test_this_machines_capacity_is_its_cores_and_available_memory() -> None:
+    import os
+
+    capacity = Capacity.of_this_machine()
+    assert capacity.cores == tuple(sorted(os.sched_getaffinity(0)))
+    assert capacity.max_jobs == len(capacity.cores)
+    assert capacity.memory is not None and capacity.memory > 0
+    assert Capacity.of_this_machine(1).max_jobs == 1
