@@ -75,6 +75,16 @@ def test_four_independent_variants_run_side_by_side_with_the_results_of_a_serial
     assert cards.returncode == 0, cards.stderr
     card = (runs["2"] / "cards" / "rtn-int8" / "README.md").read_text()
     assert "with no other job running" in card
+    assert "% of the memory-bandwidth roofline" in card
+
+    # decode as a share of the roofline, from one bandwidth figure per machine, which
+    # every measurement's provenance carries
+    data = json.loads(quantforge("results", str(runs["2"]), "--json").stdout)
+    roofs = [m for m in data["measurements"] if m["metric"] == "roofline_pct"]
+    assert len(roofs) == 5 and all(0 < m["value"] < 100 for m in roofs)
+    bandwidths = {m["provenance"]["memory_bandwidth_gbs"] for m in data["measurements"]}
+    assert len(bandwidths) == 1 and next(iter(bandwidths)) > 0.1
+    assert "% roofline" in quantforge("results", str(runs["2"])).stdout
     config = json.loads(quantforge("results", str(runs["2"]), "--json").stdout)["run"]
     assert json.loads(config["config"])["jobs"] == 2
 

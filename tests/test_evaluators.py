@@ -101,3 +101,34 @@ def test_size_speed_memory_conform(runtime_and_context, tiny_model: Path) -> Non
     assert speed["decode_tps"].value > 0 and speed["prefill_tps"].value > speed["decode_tps"].value
     memory = check_evaluator(PeakMemory(), artifact, runtime, _context(ids))
     assert memory[0].metric == "peak_rss_mb" and memory[0].value > 50
+
+
+def test_speed_gives_decode_as_a_share_of_the_memory_bandwidth_roofline(
+    runtime_and_context,  # type: ignore[no-untyped-def]
+    tiny_model: Path,
+    tmp_path: Path,
+) -> None:
+    from quantforge.model.artifacts import folder_bytes
+    from quantforge.running.bandwidth import machine_bandwidth
+
+    bandwidth = machine_bandwidth(tmp_path)
+    assert 1e8 < bandwidth.bytes_per_second < 1e13 and "sum of 512 MiB" in bandwidth.method
+    (kept,) = (tmp_path / "machine").iterdir()  # measured once per machine, then read back
+    stamp = kept.stat().st_mtime_ns
+    assert machine_bandwidth(tmp_path) == bandwidth and kept.stat().st_mtime_ns == stamp
+
+    runtime, ids = runtime_and_context
+    context = _context(ids)
+    context.memory_bandwidth = bandwidth.bytes_per_second
+    options = {"prompt_tokens": 32, "new_tokens": 8, "repeats": 1}
+    found = {
+        m.metric: m for m in Speed().evaluate(Artifact(tiny_model, "hf"), runtime, options, context)
+    }
+    roof = found["roofline_pct"]
+    weights = folder_bytes(tiny_model, weights_only=True)
+    expected = 100 * found["decode_tps"].value * weights / bandwidth.bytes_per_second
+    assert roof.value == pytest.approx(expected) and roof.unit == "%"
+    assert roof.details["bandwidth_gbs"] == pytest.approx(bandwidth.gb_per_s)
+    # without a measured bandwidth (an estimate, a target elsewhere) there is no roofline
+    plain = Speed().evaluate(Artifact(tiny_model, "hf"), runtime, options, _context(ids))
+    assert "roofline_pct" not in {m.metric for m in plain}

@@ -177,3 +177,25 @@ def test_every_method_of_the_all_methods_demo_passes_preflight(
     calibrated = [p for p in plan.plans if any(s.calibration for s in p.steps)]
     assert {p.spec.method for p in calibrated} == {"gptq", "awq", "qlora"}
     assert not (tmp_path / "out").exists()
+
+
+def test_a_store_from_before_the_bandwidth_column_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from quantforge.store import results
+
+    old = results.SCHEMA.replace("    memory_bandwidth REAL,\n", "")
+    assert old != results.SCHEMA
+    with sqlite3.connect(tmp_path / results.STORE_NAME) as db:
+        db.executescript(old)
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        db.execute(
+            "INSERT INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            ("base", "cpu", "size_mb", 1.5, "MB", "lower", "measured", "size", "1", "{}",
+             "cpu", "3.11", "{}", "rev", "fp", 0, "2026-01-01", "r1", "k"),
+        )  # fmt: skip
+    store = ResultsStore(tmp_path)
+    (row,) = store.measurements()
+    assert row.value == 1.5 and row.provenance["memory_bandwidth_gbs"] is None
+    version = store.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    assert version[0] == str(results.SCHEMA_VERSION) == "2"

@@ -516,6 +516,8 @@ class EvalContext:
     :ivar baseline_rss_bytes: resident memory of the worker before it loaded the variant.
     :ivar base_model: the base model's folder, whose tokenizer every variant shares (task
         evaluators format prompts and read answers with it).
+    :ivar memory_bandwidth: this machine's measured memory-read bandwidth in bytes/s (for
+        a roofline), given to measurements with a timing-sensitive evaluator; else None.
     """
 
     token_ids: Sequence[int]
@@ -524,6 +526,7 @@ class EvalContext:
     seed: int = 0
     baseline_rss_bytes: int = 0
     base_model: Path | None = None
+    memory_bandwidth: float | None = None
     memo: dict[Any, Any] = field(default_factory=dict)
 
     def remember(self, key: Any, factory: Callable[[], Any]) -> Any:

@@ -56,6 +56,7 @@ class Speed(Evaluator):
     )
     order = 20
     timing_sensitive = True
+    version = "2"  # 2: roofline_pct
     options = OptionSet(
         [
             Option("prompt_tokens", int, 128, "prompt length", min=1, max=131072),
@@ -82,10 +83,31 @@ class Speed(Evaluator):
         prefill = statistics.median(r.prompt_tokens / r.prefill_seconds for r in runs)
         decode = statistics.median(r.new_tokens / r.decode_seconds for r in runs)
         details = {"prompt_tokens": n, "new_tokens": new, "repeats": len(runs)}
-        return [
+        out = [
             Measurement("prefill_tps", prefill, "tokens/s", "higher", details),
             Measurement("decode_tps", decode, "tokens/s", "higher", details),
         ]
+        if context.memory_bandwidth:
+            out.extend(roofline(artifact, decode, context.memory_bandwidth))
+        return out
+
+
+def roofline(artifact: Artifact, decode_tps: float, bandwidth: float) -> list[Measurement]:
+    """Decode speed as a share of the memory-bandwidth roofline: each token reads every
+    weight once, so ``bandwidth / weight bytes`` tokens a second is the most any runtime
+    gets on this machine (the KV cache and activations, small at these lengths, left out;
+    an embedding table read one row a token makes the true ceiling a little higher)."""
+    weights = folder_bytes(artifact.path, weights_only=True)
+    if not weights:  # no weight files to read: no roofline
+        return []
+    ceiling = bandwidth / weights
+    details = {
+        "bandwidth_gbs": bandwidth / 1e9,
+        "weights_bytes": weights,
+        "roofline_tps": ceiling,
+        "decode_tps": decode_tps,
+    }
+    return [Measurement("roofline_pct", 100 * decode_tps / ceiling, "%", "higher", details)]
 
 
 def peak_rss_bytes() -> int:

@@ -11,7 +11,8 @@ from typing import Any
 
 from quantforge.cli.common import calibration_from_args
 from quantforge.cli.search import run_search
-from quantforge.running.recipe import RunConfig, check_unique, load_recipes, with_base
+from quantforge.running.catalogue import load_recipes
+from quantforge.running.recipe import RunConfig, check_unique, with_base
 from quantforge.running.runner import run as run_config
 from quantforge.running.summary import Reporter, RunSummary
 

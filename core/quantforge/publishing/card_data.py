@@ -108,9 +108,17 @@ def fit_lines(facts: RunFacts, variant: str) -> list[str]:
             if any(a is False for a in timed)
             else ""
         )
+        roof = facts.rows.get((variant, target, "roofline_pct"))
+        of_roofline = (
+            f" ({roof.value:.0f}% of the memory-bandwidth roofline, "
+            f"{float(roof.details.get('bandwidth_gbs', 0)):.1f} GB/s measured on this machine)"
+            if roof is not None
+            else ""
+        )
         lines.append(
             f"**{target}** (measured on {hardware}{alone}): decode "
-            f"{format_value('decode_tps', decode) if decode is not None else NOT_MEASURED} tok/s, "
+            f"{format_value('decode_tps', decode) if decode is not None else NOT_MEASURED} tok/s"
+            f"{of_roofline}, "
             f"peak RSS {format_value('peak_rss_mb', rss) if rss is not None else NOT_MEASURED} MB"
         )
     for target in facts.targets("estimated"):

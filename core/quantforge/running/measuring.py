@@ -231,6 +231,7 @@ class Measurer:
                     "tokens_path": str(self.tokens),
                     "seed": self.ctx.config.seed,
                     "base_model": str(plan.base.path),
+                    "cache_dir": str(self.ctx.cache_dir),  # the machine's bandwidth is kept there
                     "resources": resources,
                     **slot.job_fields(),
                 }
@@ -312,6 +313,7 @@ class Measurer:
             "seed": self.ctx.config.seed,
             "measured_at": result["measured_at"],
             "run_id": result.get("run_id", run_id),
+            "memory_bandwidth_gbs": env.get("memory_bandwidth_gbs"),
         }
         rows = [{**m, "provenance": prov} for m in result["measurements"]]
         errors = result.get("errors") or {}

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,9 @@ def check_unique(variants: list[VariantSpec]) -> list[VariantSpec]:
 # -- validation helpers ---------------------------------------------------------
 
 
-def _expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+def expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    """``value`` if it is a ``kind`` (a bool is not an int), else :class:`RecipeError`
+    naming ``where`` and ``what`` it should be."""
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise RecipeError(f"{where} must be {what}, got {type(value).__name__} {value!r}")
     return value
@@ -138,7 +140,8 @@ def _expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) ->
 TOP_LEVEL = {"model", "variants", "targets", "evaluators", "data", "calibration", "run", "search"}
 
 
-def _keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+def check_keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    """Refuse a key of ``table`` outside ``allowed``, with the closest allowed one."""
     unknown = sorted(set(table) - allowed)
     if unknown:
         import difflib
@@ -158,10 +161,10 @@ def _keys(where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
 def _named_tables(where: str, value: Any) -> dict[str, dict[str, Any]]:
     """``["a", "b"]`` or ``{a = {...}, b = {...}}`` -> name -> options."""
     if isinstance(value, list):
-        return {_expect(f"{where} entry", v, str, "a name"): {} for v in value}
-    _expect(where, value, dict, "a list of names or a table")
+        return {expect(f"{where} entry", v, str, "a name"): {} for v in value}
+    expect(where, value, dict, "a list of names or a table")
     return {
-        name: dict(_expect(f"{where}.{name}", opts, dict, "a table of options"))
+        name: dict(expect(f"{where}.{name}", opts, dict, "a table of options"))
         for name, opts in value.items()
     }
 
@@ -170,24 +173,24 @@ def _variant(index: int, value: Any, base_dir: Path) -> VariantSpec:
     where = f"variants[{index}]"
     if isinstance(value, str):
         return parse_variant(value)
-    _expect(where, value, dict, "a string like 'rtn:int4' or a table")
-    _keys(where, value, {"name", "method", "preset", "options", "import"})
+    expect(where, value, dict, "a string like 'rtn:int4' or a table")
+    check_keys(where, value, {"name", "method", "preset", "options", "import"})
     if "import" in value:
         if "name" not in value or set(value) - {"name", "import"}:
             raise RecipeError(f"{where}: an imported checkpoint takes exactly `name` and `import`")
-        path = _expect(f"{where}.import", value["import"], str, "a path")
-        name = check_variant_name(_expect(f"{where}.name", value["name"], str, "a string"))
+        path = expect(f"{where}.import", value["import"], str, "a path")
+        name = check_variant_name(expect(f"{where}.name", value["name"], str, "a string"))
         return VariantSpec(name, source=str(base_dir / path))
-    method = _expect(f"{where}.method", value.get("method", BASE), str, "a string")
+    method = expect(f"{where}.method", value.get("method", BASE), str, "a string")
     if method == BASE:
         return VariantSpec(check_variant_name(str(value.get("name", BASE))))
     preset = value.get("preset")
     if preset is not None:
-        _expect(f"{where}.preset", preset, str, "a string")
-    options = dict(_expect(f"{where}.options", value.get("options", {}), dict, "a table"))
+        expect(f"{where}.preset", preset, str, "a string")
+    options = dict(expect(f"{where}.options", value.get("options", {}), dict, "a table"))
     default_name = method + (f"-{preset}" if preset else "")
     name = check_variant_name(
-        _expect(f"{where}.name", value.get("name", default_name), str, "a string")
+        expect(f"{where}.name", value.get("name", default_name), str, "a string")
     )
     return VariantSpec(name, method, preset, options)
 
@@ -195,96 +198,34 @@ def _variant(index: int, value: Any, base_dir: Path) -> VariantSpec:
 def _calibration(value: Any, base_dir: Path) -> CalibrationSpec | None:
     if value is None:
         return None
-    table = _expect("[calibration]", value, dict, "a table")
-    _keys("[calibration]", table, {"source", "samples", "seq_len", "column", "split", "config"})
+    table = expect("[calibration]", value, dict, "a table")
+    check_keys(
+        "[calibration]", table, {"source", "samples", "seq_len", "column", "split", "config"}
+    )
     if "source" not in table:
         raise RecipeError(
             "[calibration] has no source", hint='add source = "calib.txt" or a Hub dataset id'
         )
-    source = _expect("calibration.source", table["source"], str, "a path or a Hub dataset id")
+    source = expect("calibration.source", table["source"], str, "a path or a Hub dataset id")
     if (base_dir / source).exists() or Path(source).suffix in (".txt", ".jsonl"):
         source = str(base_dir / source)
     config = table.get("config")
     return CalibrationSpec(
         source=source,
-        samples=_expect("calibration.samples", table.get("samples", 128), int, "an integer"),
-        seq_len=_expect("calibration.seq_len", table.get("seq_len", 512), int, "an integer"),
-        column=_expect("calibration.column", table.get("column", "text"), str, "a string"),
-        split=_expect("calibration.split", table.get("split", "train"), str, "a string"),
-        config=None if config is None else _expect("calibration.config", config, str, "a string"),
+        samples=expect("calibration.samples", table.get("samples", 128), int, "an integer"),
+        seq_len=expect("calibration.seq_len", table.get("seq_len", 512), int, "an integer"),
+        column=expect("calibration.column", table.get("column", "text"), str, "a string"),
+        split=expect("calibration.split", table.get("split", "train"), str, "a string"),
+        config=None if config is None else expect("calibration.config", config, str, "a string"),
     )
 
 
 def load_recipe(path: Path, output: Path | None = None) -> RunConfig:
     """Read and validate a recipe; unknown keys and wrong types are refused with their path."""
-    return parse_recipe(_read_recipe(path), base_dir=path.parent, output=output)
+    return parse_recipe(read_recipe(path), base_dir=path.parent, output=output)
 
 
-def load_recipes(path: Path, output: Path | None = None) -> list[RunConfig]:
-    """A recipe's runs: one, or one per model of a catalogue (``[model] ids`` or ``list``),
-    each writing to ``OUTPUT/<name>`` where ``<name>`` is the last part of its id."""
-    data = _read_recipe(path)
-    model = data.get("model")
-    if not isinstance(model, dict) or not ({"ids", "list"} & set(model)):
-        return [parse_recipe(data, base_dir=path.parent, output=output)]
-    _keys("[model]", model, {"ids", "list"})
-    if "ids" in model and "list" in model:
-        raise RecipeError("[model] has both ids and list", hint="keep one of them")
-    if "search" in data:
-        raise RecipeError(
-            "a [search] recipe names one model",
-            hint="write one recipe per model, or list variants instead of [search]",
-        )
-    ids = _model_ids(model, path.parent)
-    configs: list[RunConfig] = []
-    folders: dict[str, str] = {}
-    for model_id in ids:
-        config = parse_recipe({**data, "model": {"id": model_id}}, path.parent, output)
-        folder = _folder_name(model_id)
-        if folder in folders:
-            raise RecipeError(
-                f"models {folders[folder]!r} and {model_id!r} would share the output folder "
-                f"{folder!r}",
-                hint="list each model once, or run them from separate recipes",
-            )
-        folders[folder] = model_id
-        configs.append(replace(config, output=config.output / folder))
-    return configs
-
-
-def _model_ids(model: Mapping[str, Any], base_dir: Path) -> list[str]:
-    """The model ids of a catalogue: ``ids`` as given, or ``list``'s lines (a path in
-    the list is taken from the list's folder)."""
-    if "ids" in model:
-        ids = _expect("model.ids", model["ids"], list, "a list of model ids")
-        for i, item in enumerate(ids):
-            _expect(f"model.ids[{i}]", item, str, "a model id")
-        listed = [str(item) for item in ids]
-        where = base_dir
-    else:
-        name = _expect("model.list", model["list"], str, "a path")
-        list_path = base_dir / name
-        try:
-            lines = list_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RecipeError(f"cannot read the model list {str(list_path)!r}: {exc}") from None
-        listed = [ln.split("#", 1)[0].strip() for ln in lines]
-        listed = [ln for ln in listed if ln]
-        where = list_path.parent
-    if not listed:
-        raise RecipeError("the catalogue names no models", hint="add model ids to [model] ids")
-    return [str(where / m) if (where / m).exists() else m for m in listed]
-
-
-def _folder_name(model_id: str) -> str:
-    """``org/name`` or ``path/to/name`` -> ``name``, safe as a folder name."""
-    import re
-
-    last = model_id.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip(".-") or "model"
-
-
-def _read_recipe(path: Path) -> dict[str, Any]:
+def read_recipe(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -301,21 +242,21 @@ def _read_recipe(path: Path) -> dict[str, Any]:
 def parse_recipe(
     data: Mapping[str, Any], base_dir: Path = Path("."), output: Path | None = None
 ) -> RunConfig:
-    _keys("the recipe", data, TOP_LEVEL)
+    check_keys("the recipe", data, TOP_LEVEL)
     if "model" not in data:
         raise RecipeError(
             "the recipe has no [model] table", hint='add [model] with id = "org/name" or a folder'
         )
-    model = _expect("[model]", data["model"], dict, "a table")
-    _keys("[model]", model, {"id", "revision"})
+    model = expect("[model]", data["model"], dict, "a table")
+    check_keys("[model]", model, {"id", "revision"})
     if "id" not in model:
         raise RecipeError("[model] has no id", hint='add id = "org/name" or a local folder')
-    model_id = _expect("model.id", model["id"], str, "a string")
+    model_id = expect("model.id", model["id"], str, "a string")
     revision = model.get("revision")
     if revision is not None:
-        _expect("model.revision", revision, str, "a string")
+        expect("model.revision", revision, str, "a string")
     search = _search(data["search"]) if "search" in data else None
-    raw_variants = _expect("variants", data.get("variants", []), list, "a list")
+    raw_variants = expect("variants", data.get("variants", []), list, "a list")
     if search is not None and raw_variants:
         raise RecipeError(
             "a recipe with [search] lists no variants: the search chooses them",
@@ -332,11 +273,11 @@ def parse_recipe(
         _named_tables("targets", data["targets"]) if "targets" in data else dict(DEFAULT_TARGETS)
     )
     evaluators = _named_tables("evaluators", data["evaluators"]) if "evaluators" in data else None
-    data_table = _expect("[data]", data.get("data", {}), dict, "a table")
-    _keys("[data]", data_table, {"eval_text"})
+    data_table = expect("[data]", data.get("data", {}), dict, "a table")
+    check_keys("[data]", data_table, {"eval_text"})
     calibration = _calibration(data.get("calibration"), base_dir)
-    run = _expect("[run]", data.get("run", {}), dict, "a table")
-    _keys(
+    run = expect("[run]", data.get("run", {}), dict, "a table")
+    check_keys(
         "[run]",
         run,
         {
@@ -354,13 +295,11 @@ def parse_recipe(
     def file(key: str) -> Path | None:
         if key not in data_table:
             return None
-        return base_dir / str(_expect(f"data.{key}", data_table[key], str, "a path"))
+        return base_dir / str(expect(f"data.{key}", data_table[key], str, "a path"))
 
-    out = output or base_dir / _expect(
-        "run.output", run.get("output", "runs/recipe"), str, "a path"
-    )
-    seed = _expect("run.seed", run.get("seed", 0), int, "an integer")
-    timeout = _expect(
+    out = output or base_dir / expect("run.output", run.get("output", "runs/recipe"), str, "a path")
+    seed = expect("run.seed", run.get("seed", 0), int, "an integer")
+    timeout = expect(
         "run.step_timeout", run.get("step_timeout", 3600), (int, float), "a number of seconds"
     )
     if timeout <= 0:
@@ -377,11 +316,11 @@ def parse_recipe(
         seed=seed,
         step_timeout=float(timeout),
         search=search,
-        executor=_expect(
+        executor=expect(
             "run.executor", run.get("executor", "local"), str, '"local", "inline" or "ray"'
         ),
         ray_address=run.get("ray_address"),
-        allow_pickle=_expect(
+        allow_pickle=expect(
             "run.allow_pickle", run.get("allow_pickle", False), bool, "true or false"
         ),
         worker_memory=_worker_memory(run.get("worker_memory")),
@@ -392,7 +331,7 @@ def parse_recipe(
 def _jobs(value: Any) -> int | None:
     if value is None:
         return None
-    jobs = _expect("run.jobs", value, int, "a number of jobs")
+    jobs = expect("run.jobs", value, int, "a number of jobs")
     if isinstance(jobs, bool) or jobs < 1:
         raise RecipeError(f"run.jobs must be 1 or more, got {value}")
     return int(jobs)
@@ -423,7 +362,7 @@ def parse_size(text: str) -> int:
 def _worker_memory(value: Any) -> int | None:
     if value is None:
         return None
-    text = str(_expect("run.worker_memory", value, (str, int), 'a size such as "8GB"'))
+    text = str(expect("run.worker_memory", value, (str, int), 'a size such as "8GB"'))
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -433,8 +372,8 @@ def _worker_memory(value: Any) -> int | None:
 def _search(value: Any) -> SearchSettings:
     """``[search]``: target, max_kld, max_ppl_increase ("2%"), min_decode_tps, context,
     budget_minutes, methods."""
-    table = _expect("[search]", value, dict, "a table")
-    _keys(
+    table = expect("[search]", value, dict, "a table")
+    check_keys(
         "[search]",
         table,
         {
@@ -453,19 +392,19 @@ def _search(value: Any) -> SearchSettings:
     def number(key: str) -> float | None:
         if key not in table:
             return None
-        return float(_expect(f"search.{key}", table[key], (int, float), "a number"))
+        return float(expect(f"search.{key}", table[key], (int, float), "a number"))
 
     increase = table.get("max_ppl_increase")
     if isinstance(increase, str):
         increase = parse_percent(increase)
     elif increase is not None:
-        increase = float(_expect("search.max_ppl_increase", increase, (int, float), "a number"))
+        increase = float(expect("search.max_ppl_increase", increase, (int, float), "a number"))
     context = table.get("context")
     if context is not None:
-        context = _expect("search.context", context, int, "an integer")
-    methods = _expect("search.methods", table.get("methods", []), list, "a list of names")
+        context = expect("search.context", context, int, "an integer")
+    methods = expect("search.methods", table.get("methods", []), list, "a list of names")
     constraints = Constraints(
-        target=_expect("search.target", table["target"], str, "a target name"),
+        target=expect("search.target", table["target"], str, "a target name"),
         max_kld=number("max_kld"),
         max_ppl_increase=increase,
         min_decode_tps=number("min_decode_tps"),

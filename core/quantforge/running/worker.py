@@ -173,6 +173,13 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         baseline_rss_bytes=0,
         base_model=Path(job["base_model"]) if job.get("base_model") else None,
     )
+    bandwidth = None
+    timed = any(e.timing_sensitive for e, _ in evaluators)
+    if job["mode"] == "measure" and target.measured and timed and job.get("cache_dir"):
+        from quantforge.running.bandwidth import machine_bandwidth
+
+        bandwidth = machine_bandwidth(Path(job["cache_dir"]))  # before peak memory is reset
+        context.memory_bandwidth = bandwidth.bytes_per_second
     runtime = None
     if any(e.needs_runtime for e, _ in evaluators) or job["mode"] == "reference":
         target.check_available()
@@ -217,6 +224,9 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
             traceback.print_exc()
             errors[evaluator.name] = explain(exc, job.get("memory_limit"))
     env = provenance.environment(target.hardware(), needs)
+    if bandwidth is not None:
+        env["memory_bandwidth_gbs"] = bandwidth.gb_per_s
+        env["memory_bandwidth_method"] = bandwidth.method
     if runtime is not None:
         runtime.close()
     result.write_text(

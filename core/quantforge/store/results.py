@@ -20,7 +20,7 @@ from typing import Any
 from quantforge.errors import ResultsError
 
 STORE_NAME = "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: measurements.memory_bandwidth (GB/s of the measuring machine)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,9 +45,18 @@ CREATE TABLE IF NOT EXISTS measurements (
     hardware TEXT NOT NULL, python TEXT NOT NULL, libraries TEXT NOT NULL,
     base_revision TEXT NOT NULL, dataset_fingerprint TEXT NOT NULL, seed INTEGER NOT NULL,
     measured_at TEXT NOT NULL, run_id TEXT NOT NULL, eval_key TEXT NOT NULL,
+    memory_bandwidth REAL,
     PRIMARY KEY (variant, target, metric)
 );
 """
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier quantforge up to :data:`SCHEMA_VERSION`."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(measurements)")}
+    if "memory_bandwidth" not in columns:  # version 1
+        db.execute("ALTER TABLE measurements ADD COLUMN memory_bandwidth REAL")
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,7 @@ class ResultsStore:
             self.db = sqlite3.connect(self.path, timeout=30)
             self.db.row_factory = sqlite3.Row
             self.db.executescript(SCHEMA)
-            self.db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+            _upgrade(self.db)
             self.db.commit()
         except sqlite3.DatabaseError as exc:
             raise ResultsError(f"{self.path} is not a quantforge results store ({exc})") from None
@@ -195,7 +202,7 @@ class ResultsStore:
             for m in measurements:
                 prov = m["provenance"]
                 db.execute(
-                    "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         variant,
                         target,
@@ -216,6 +223,7 @@ class ResultsStore:
                         prov["measured_at"],
                         prov.get("run_id", run_id),
                         eval_key or "",
+                        prov.get("memory_bandwidth_gbs"),
                     ),
                 )
 
@@ -272,6 +280,7 @@ class ResultsStore:
                         "run_id": r["run_id"],
                         "evaluator_version": r["evaluator_version"],
                         "eval_key": r["eval_key"],
+                        "memory_bandwidth_gbs": r["memory_bandwidth"],
                     },
                 )
             )
