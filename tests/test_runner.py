@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,10 @@ def test_failing_steps_are_reported_and_the_rest_go_on(
         "faults-crash",
         "faults-hang",
     ]
-    summary = Runner(_config(tiny_model, tmp_path / "run", variants, timeout=20)).run()
+    # one job at a time: the five steps from the base share one worker (with more jobs
+    # at once they are split over as many workers; see test_concurrency.py)
+    config = replace(_config(tiny_model, tmp_path / "run", variants, timeout=20), jobs=1)
+    summary = Runner(config).run()
 
     assert summary.variants["rtn-int4-group_size32"] == "ok"
     assert summary.variants["rtn-int8-group_size32"] == "ok"

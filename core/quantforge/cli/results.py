@@ -36,7 +36,7 @@ def print_tables(run_dir: Path) -> None:
         store.close()
     console = Console()
     if not console.is_terminal:
-        console.width = max(console.width, 150)
+        console.width = max(console.width, 170)  # a file or a pipe: the whole table
     for t in tables:
         kind = {True: " (estimates from a device profile)", False: " (measured)", None: ""}
         heading = f"{run['base_model'] if run else ''} on {t.target}"

@@ -276,7 +276,9 @@ def run_catalogue(runners: list[Runner]) -> list[RunSummary]:
     finally:
         executor.close()
         with contextlib.suppress(OSError):
-            write_timeline(executor.work_dir / "jobs.jsonl", scheduler.timeline)
+            write_timeline(
+                executor.work_dir / "jobs.jsonl", preparation.timeline + scheduler.timeline
+            )
     return summaries
 
 

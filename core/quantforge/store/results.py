@@ -237,7 +237,16 @@ class ResultsStore:
         return rows[-1] if rows else None
 
     def variants(self) -> list[dict[str, Any]]:
+        """Every variant: those of the latest run in its recipe's order (its jobs may have
+        finished in any order), after those only earlier runs made."""
         rows = [dict(r) for r in self.db.execute("SELECT * FROM variants ORDER BY rowid")]
+        latest = self.db.execute("SELECT config FROM runs ORDER BY started DESC LIMIT 1").fetchone()
+        try:
+            listed = json.loads(latest["config"]).get("variants") or [] if latest else []
+            order = {str(v["name"]): i for i, v in enumerate(listed)}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            order = {}
+        rows.sort(key=lambda r: (1, order[r["name"]]) if r["name"] in order else (0, 0))
         for row in rows:
             row["steps"] = json.loads(row["steps"])
             row["calibration"] = json.loads(row["calibration"] or "null")

@@ -15,7 +15,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "model_memory_mb": ("+model MB", "{:.0f}"),
     "prefill_tps": ("prefill tok/s", "{:.0f}"),
     "decode_tps": ("decode tok/s", "{:.1f}"),
-    "roofline_pct": ("% roofline", "{:.0f}%"),
+    "roofline_pct": ("roofline", "{:.0f}%"),
     "perplexity": ("ppl", "{:.2f}"),
     "kl_divergence": ("KL vs base", "{:.5f}"),
     "top1_agreement": ("top-1", "{:.1%}"),
