@@ -76,6 +76,16 @@ def test_a_lone_ready_job_gets_every_core() -> None:
     assert slots[0].cores == (0, 1, 2, 3) and slots[0].threads == 4
 
 
+def test_a_job_asking_for_more_cores_than_there_are_gets_them_all() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=2, cores=(0, 1)))
+    slots: list[Slot] = []
+    scheduler.add(Job("wide", _sleeper(0.05, slots), cpus=8))
+    scheduler.add(Job("narrow", _sleeper(0.05, slots)))
+    scheduler.run()
+    assert slots[0].cores == (0, 1)  # "wide" ran, on every core, with nothing beside it
+    assert _most_at_once(scheduler.timeline) == 1
+
+
 def test_an_exclusive_job_runs_with_nothing_beside_it() -> None:
     scheduler = Scheduler(Capacity(max_jobs=3, cores=(0, 1, 2)))
     slots: list[Slot] = []

@@ -196,8 +196,6 @@ class Scheduler:
                             continue
                         slot = self._fit(job, running, free_cores, free_memory, waiting, finished)
                         if slot is None:
-                            if job.exclusive and not running:  # pragma: no cover
-                                raise RuntimeError(f"{job.label} cannot start on an idle machine")
                             continue
                         waiting.remove(job)
                         started_one = True
@@ -217,6 +215,8 @@ class Scheduler:
                         if job.exclusive:
                             break
                 if not running:
+                    if waiting:  # pragma: no cover - every job fits an idle machine
+                        raise RuntimeError(f"{waiting[0].label} cannot start on an idle machine")
                     continue
                 job, result, error = events.get()
                 _, slot, started = running.pop(id(job))
@@ -267,9 +267,9 @@ class Scheduler:
             return None
         if self.capacity.cores is None:  # the executor places it
             return Slot((), 0)
-        if len(free_cores) < max(1, job.cpus):
+        wanted = min(max(1, job.cpus), len(self.capacity.cores))  # more than there are: all
+        if len(free_cores) < wanted:
             return None
-        wanted = max(1, job.cpus)
         if not running and not self._more_ready(job, waiting, finished):
             wanted = len(free_cores)  # nothing can run beside it: every core
         return Slot(tuple(free_cores[:wanted]), wanted)
