@@ -61,11 +61,20 @@ def test_four_independent_variants_run_side_by_side_with_the_results_of_a_serial
     assert overlapping, builds  # the builds' lifetimes overlap
     for a, b in overlapping:  # each on a core of its own
         assert set(a["cores"]).isdisjoint(b["cores"])  # type: ignore[arg-type]
-    measures = [s for s in spans if str(s["label"]).startswith("measure ")]
-    assert len(measures) == 5  # the base too
-    for m in measures:  # speed was measured with nothing beside it
-        assert m["alone"] is True
-        assert not any(_overlap(m, other) for other in spans if other is not m)
+    parts = [s for s in spans if str(s["label"]).endswith(": timed part")]
+    measures = [s for s in spans if str(s["label"]).startswith("measure ") and s not in parts]
+    assert len(measures) == 5 and len(parts) == 5  # the base too
+    for part in parts:  # speed was timed on every core with nothing else at work
+        assert part["alone"] is True and part["cores"] == sorted(
+            {c for s in builds for c in s["cores"]}
+        )
+        own = str(part["label"]).removesuffix(": timed part")
+        beside = [s for s in spans if s is not part and _overlap(part, s) and s["label"] != own]
+        # only measurements waiting for the machine themselves were in flight
+        assert all(s in measures for s in beside), (part, beside)
+    assert not any(_overlap(a, b) for a in parts for b in parts if a is not b)
+    # the rest of each measurement (starting, loading, perplexity, KL) ran beside others
+    assert any(_overlap(a, b) for a in measures for b in measures if a is not b)
     one_at_a_time = _timeline(runs["1"])
     assert not any(_overlap(a, b) for a in one_at_a_time for b in one_at_a_time if a is not b)
 

@@ -86,20 +86,86 @@ def test_a_job_asking_for_more_cores_than_there_are_gets_them_all() -> None:
     assert _most_at_once(scheduler.timeline) == 1
 
 
-def test_an_exclusive_job_runs_with_nothing_beside_it() -> None:
-    scheduler = Scheduler(Capacity(max_jobs=3, cores=(0, 1, 2)))
+def test_a_timed_job_the_executor_places_runs_with_nothing_beside_it() -> None:
+    # Ray places jobs itself (no core ids): a timed job is alone from start to end
+    scheduler = Scheduler(Capacity(max_jobs=3))
     slots: list[Slot] = []
     for i in range(3):
         scheduler.add(Job(f"build {i}", _sleeper(0.2)))
-    scheduler.add(Job("speed", _sleeper(0.2, slots), exclusive=True))
+    scheduler.add(Job("speed", _sleeper(0.2, slots), timed=True))
     for i in range(3):
         scheduler.add(Job(f"late {i}", _sleeper(0.2)))
     scheduler.run()
     spans = {s.label: s for s in scheduler.timeline}
     speed = spans.pop("speed")
-    assert speed.alone and slots[0].cores == (0, 1, 2) and slots[0].alone
+    assert speed.alone and slots[0].alone and slots[0].claim is None
     assert not any(_overlap(speed, other) for other in spans.values())
     assert _most_at_once(list(spans.values())) == 3  # the others did run side by side
+
+
+def _timed(parts: dict[str, Span], lead: float = 0.1, timed: float = 0.15) -> Any:
+    """A measurement: starts up beside others, then asks for the machine for its timed part."""
+
+    def work(slot: Slot) -> None:
+        time.sleep(lead)
+        assert slot.claim is not None and not slot.alone
+        label = slot.claim.label
+        cores = slot.claim.acquire(timeout=10)
+        assert cores == (0, 1, 2)
+        began = time.time()
+        time.sleep(timed)
+        parts[label] = Span(label, began, time.time(), cores, True)
+        slot.claim.release(began)
+        time.sleep(lead)  # the untimed rest, beside others again
+
+    return work
+
+
+def test_only_the_timed_part_of_a_timed_job_runs_alone() -> None:
+    scheduler = Scheduler(Capacity(max_jobs=3, cores=(0, 1, 2)))
+    parts: dict[str, Span] = {}
+    for i in range(2):
+        scheduler.add(Job(f"build {i}", _sleeper(0.4)))
+    for i in range(3):
+        scheduler.add(Job(f"measure {i}", _timed(parts), timed=True))
+    for i in range(2):
+        scheduler.add(Job(f"late {i}", _sleeper(0.1)))
+    scheduler.run()
+    spans = [s for s in scheduler.timeline if not s.label.endswith("timed part")]
+    assert len(parts) == 3 and len(spans) == 7
+    measures = [s for s in spans if s.label.startswith("measure")]
+    for label, part in parts.items():  # nothing at work during a timed part
+        others = [s for s in spans if s.label != label]
+        busy = [s for s in others if _overlap(part, s)]
+        # only measurements waiting for the machine themselves may be in flight
+        assert all(s.label.startswith("measure") for s in busy), (label, busy)
+    timed = list(parts.values())
+    assert not any(_overlap(a, b) for a in timed for b in timed if a is not b)
+    # the measurements started beside the builds, not after them
+    builds = [s for s in spans if s.label.startswith("build")]
+    assert any(_overlap(m, b) for m in measures for b in builds)
+    logged = [s for s in scheduler.timeline if s.label.endswith("timed part")]
+    assert len(logged) == 3 and all(s.alone and s.cores == (0, 1, 2) for s in logged)
+
+
+def test_a_run_that_stops_tells_a_job_waiting_for_the_machine() -> None:
+    def broken(slot: Slot) -> None:
+        time.sleep(0.3)
+        raise RuntimeError("the build broke")
+
+    answers: list[object] = []
+
+    def measure(slot: Slot) -> None:
+        assert slot.claim is not None
+        answers.append(slot.claim.acquire())  # waits for "broken", which never gives way
+
+    scheduler = Scheduler(Capacity(max_jobs=2, cores=(0, 1)))
+    scheduler.add(Job("broken", broken))
+    scheduler.add(Job("measure", measure, timed=True))
+    begun = time.perf_counter()
+    with pytest.raises(RuntimeError, match="the build broke"):
+        scheduler.run()
+    assert time.perf_counter() - begun < 5 and answers == [None]
 
 
 def test_jobs_share_the_memory_budget() -> None:

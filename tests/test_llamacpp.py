@@ -127,3 +127,29 @@ def test_a_missing_llama_cpp_build_names_the_extra(monkeypatch: pytest.MonkeyPat
     assert_missing_names_extra(
         monkeypatch, {"llama_cpp"}, [GGUFExporter(), LlamaCppTarget()], "gguf"
     )
+
+
+def test_the_vocabulary_check_is_kept_by_the_content_of_config_and_tokenizer(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantforge_llamacpp import converter
+
+    monkeypatch.setenv("QUANTFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    checked: list[Path] = []
+
+    def check(folder: Path) -> str | None:
+        checked.append(folder)
+        return "llama.cpp cannot load the converted vocabulary: x" if len(checked) > 1 else None
+
+    monkeypatch.setattr(converter, "_check_vocab", check)
+    assert converter.vocab_problem(model) is None
+    assert converter.vocab_problem(model) is None  # kept: the converter does not run again
+    shutil.copytree(model, tmp_path / "copy")  # the same bytes elsewhere: kept too
+    assert converter.vocab_problem(tmp_path / "copy") is None and len(checked) == 1
+    (model / "tokenizer_config.json").write_text(
+        (model / "tokenizer_config.json").read_text() + "\n"
+    )
+    assert converter.vocab_problem(model) == "llama.cpp cannot load the converted vocabulary: x"
+    assert len(checked) == 2 and len(list((tmp_path / "cache").rglob("vocab-checks/*.json"))) == 2

@@ -432,6 +432,16 @@ class Runtime(ABC):
             step=lambda token: int(np.argmax(decoding.feed([token]))),
         )
 
+    def set_threads(self, threads: int) -> bool:
+        """Use ``threads`` threads from now on, and say whether it could.
+
+        The worker calls it when a measurement's timed part, which ran on every core, is
+        over and the other evaluators run beside other jobs on fewer cores. Return
+        ``False`` (the default) where the runtime fixes its threads when it is loaded: the
+        worker then loads the variant again. A PyTorch runtime need do nothing (the worker
+        resizes torch's pool itself) but return ``True``."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional to override
         """Free what the runtime holds."""
 

@@ -315,6 +315,11 @@ class LlamaCppRuntime(Runtime):
         self.model.reset()
         return _LlamaCppDecoder(self.model)
 
+    def set_threads(self, threads: int) -> bool:
+        self.model._ctx.set_n_threads(threads, threads)  # llama_set_n_threads on the context
+        self.model.n_threads = self.model.n_threads_batch = threads
+        return True
+
     def close(self) -> None:
         self.model.close()
 

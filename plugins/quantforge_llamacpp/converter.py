@@ -10,7 +10,9 @@ checkout instead.
 from __future__ import annotations
 
 import ast
-import functools
+import contextlib
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -157,8 +159,7 @@ _LOAD_VOCAB = (
 )
 
 
-@functools.cache
-def _vocab_problem(model: Path, stamp: tuple[float, ...]) -> str | None:
+def _check_vocab(model: Path) -> str | None:
     with tempfile.TemporaryDirectory(prefix="gguf-vocab-") as tmp:
         vocab = Path(tmp) / "vocab.gguf"
         out = _run_converter(model, vocab, "--vocab-only")
@@ -174,15 +175,42 @@ def _vocab_problem(model: Path, stamp: tuple[float, ...]) -> str | None:
     return None
 
 
+def _vocab_key(model: Path) -> str:
+    """What the check's answer depends on: the converter (its version, or the checkout
+    ``QUANTFORGE_LLAMA_CPP_DIR`` names), the transformers that loads the tokenizer for it,
+    and the bytes of the config and tokenizer files."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256()
+    digest.update((os.environ.get("QUANTFORGE_LLAMA_CPP_DIR") or llama_cpp_version()).encode())
+    digest.update(version("transformers").encode())
+    files = sorted(p for p in model.glob("tokenizer*") if p.is_file())
+    for path in [model / "config.json", *files]:
+        if path.is_file():
+            digest.update(f"\0{path.name}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
 def vocab_problem(model: Path) -> str | None:
     """Why llama.cpp cannot take the model's config and tokenizer, or ``None``: its converter
     run with ``--vocab-only`` (seconds; the weights are not read), then llama.cpp loading
     that vocabulary. A BPE tokenizer the converter does not know by the hash of its output,
     a config field it lacks, a vocabulary llama.cpp cannot load: all are refused here,
-    before any compute."""
-    files = sorted(p for p in model.glob("tokenizer*") if p.is_file())
-    stamp = tuple(p.stat().st_mtime for p in [model / "config.json", *files] if p.exists())
-    return _vocab_problem(model.resolve(), stamp)
+    before any compute. The answer is kept in the cache by the content of the files it
+    depends on, so the next run on the same model does not pay for the check again."""
+    kept = _cache_dir() / "vocab-checks" / f"{_vocab_key(model)}.json"
+    try:
+        return json.loads(kept.read_text(encoding="utf-8"))["problem"]  # type: ignore[no-any-return]
+    except (OSError, ValueError, KeyError):
+        pass
+    problem = _check_vocab(model.resolve())
+    with contextlib.suppress(OSError):  # a cache that cannot be written: check next time
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"problem": problem, "model": str(model)}), encoding="utf-8")
+        tmp.replace(kept)
+    return problem
 
 
 def remove_fetched() -> None:

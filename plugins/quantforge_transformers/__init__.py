@@ -123,6 +123,10 @@ class TransformersRuntime(Runtime):
     def decoder(self, max_length: int) -> Decoder:
         return _TransformersDecoder(self.model, self.torch)
 
+    def set_threads(self, threads: int) -> bool:
+        self.torch.set_num_threads(threads)
+        return True
+
     def close(self) -> None:
         del self.model
 

@@ -49,15 +49,27 @@ def machine_key() -> str:
     return f"{socket.gethostname()} {cpu} {pages}"
 
 
+def _kept_at(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "machine" / f"bandwidth-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def kept_bandwidth(cache_dir: Path) -> Bandwidth | None:
+    """The bandwidth of this machine as ``cache_dir`` keeps it, or ``None`` (not measured)."""
+    try:
+        return Bandwidth(**json.loads(_kept_at(cache_dir, machine_key()).read_text("utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def machine_bandwidth(cache_dir: Path) -> Bandwidth:
     """The bandwidth of this machine from ``cache_dir``, measured now if it is not there."""
-    key = machine_key()
-    path = cache_dir / "machine" / f"bandwidth-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    try:
-        return Bandwidth(**json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        pass
+    kept = kept_bandwidth(cache_dir)
+    if kept is not None:
+        return kept
     from quantforge.running import provenance
+
+    key = machine_key()
+    path = _kept_at(cache_dir, key)
 
     per_second, method = measure()
     found = Bandwidth(per_second, method, key, provenance.now())

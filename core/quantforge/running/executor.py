@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from quantforge.running.graph import Capacity
+from quantforge.running.graph import Capacity, MachineClaim
+
+STOPPED = "the run was stopped"  # what a job in flight when the run stops gets
 
 # A long step's progress, as the worker last wrote it (see StepContext.progress).
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -27,6 +30,11 @@ POLL_SECONDS = 1.0
 
 
 HOST_PID = "QUANTFORGE_HOST_PID"  # the worker dies with this process (see worker.py)
+
+# "ASKS,GRANTS": the worker's pipe descriptors for asking this process for the whole
+# machine: it writes b"a" and reads back the cores as a JSON line; it writes b"r" when its
+# timed part is over and reads a line when it may go on (see graph.MachineGate)
+MACHINE_GATE = "QUANTFORGE_MACHINE_GATE"
 
 # what the libraries a worker loads read for their thread count
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -69,8 +77,12 @@ class Executor(Protocol):
         label: str,
         timeout: float,
         on_progress: ProgressCallback | None = None,
+        claim: MachineClaim | None = None,
     ) -> JobOutcome:
-        """Run ``job`` to its end (or ``timeout`` seconds) and say how it ended."""
+        """Run ``job`` to its end (or ``timeout`` seconds) and say how it ended. With a
+        ``claim`` (a timed job beside others) the worker may ask for the whole machine for
+        its timed part; an executor that cannot hand it over gets no claim (the scheduler
+        runs such jobs alone instead)."""
         ...
 
     def move_to(self, work_dir: Path) -> None:
@@ -144,6 +156,68 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+class _GateLine:
+    """The host's end of a worker's line to the machine gate (see :data:`MACHINE_GATE`)."""
+
+    def __init__(self, claim: MachineClaim) -> None:
+        self.claim = claim
+        self.asks, self.asks_child = os.pipe()
+        self.grants_child, self.grants = os.pipe()
+        self.held_since: float | None = None
+
+    def child_fds(self) -> tuple[int, int]:
+        return self.asks_child, self.grants_child
+
+    def started(self) -> None:
+        """The worker has its copies; drop ours, so that its exit reads as the end."""
+        os.close(self.asks_child)
+        os.close(self.grants_child)
+
+    def serve(self, wait: float, deadline: float) -> bool | None:
+        """Answer what the worker asked within ``wait`` seconds. ``True``: the line is open;
+        ``False``: the worker closed it (it ended); ``None``: the machine never came (the
+        run stopped, or the deadline passed)."""
+        readable, _, _ = select.select([self.asks], [], [], wait)
+        if not readable:
+            return True
+        data = os.read(self.asks, 64)
+        if not data:
+            return False
+        for byte in data:
+            if byte == ord("a"):
+                cores = self.claim.acquire(timeout=max(0.0, deadline - time.perf_counter()))
+                if cores is None:
+                    return None
+                self.held_since = time.time()
+                self._answer(json.dumps(list(cores)))
+            elif byte == ord("r"):
+                held_since, self.held_since = self.held_since, None
+                if held_since is None:
+                    continue
+                left = max(0.0, deadline - time.perf_counter())
+                if not self.claim.release(held_since, timeout=left):
+                    return None
+                self._answer("go")
+        return True
+
+    def _answer(self, line: str) -> None:
+        with contextlib.suppress(BrokenPipeError):  # the worker is gone: its exit tells
+            os.write(self.grants, (line + "\n").encode())
+
+    def give_back(self) -> None:
+        """The worker ended holding the machine: give it back (the scheduler forgets the
+        job once it ends)."""
+        if self.held_since is not None:
+            self.claim.gate.release(self.claim.key, timeout=0)
+            self.held_since = None
+
+    def close(self) -> None:
+        self.give_back()
+        for fd in (self.asks, self.grants):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def run_job(
     job: dict[str, Any],
     work_dir: Path,
@@ -151,12 +225,15 @@ def run_job(
     timeout: float,
     on_progress: ProgressCallback | None = None,
     live: set[subprocess.Popen[bytes]] | None = None,
+    claim: MachineClaim | None = None,
 ) -> JobOutcome:
     """Run one job in a fresh ``python -m quantforge.running.worker`` beside ``work_dir``'s files
     ``STEM.job.json``, ``STEM.result.json``, ``STEM.log`` and ``STEM.progress.json``; kill it
     at ``timeout``. ``on_progress`` gets what a long step reports, as it reports it. The
     worker uses ``job["threads"]`` threads (OpenMP, MKL) when the job says; while it runs
-    it is in ``live``, where whoever stops the run finds it."""
+    it is in ``live``, where whoever stops the run finds it. With a ``claim`` the worker
+    can ask for the whole machine (:data:`MACHINE_GATE`); the wait counts towards
+    ``timeout``."""
     work_dir.mkdir(parents=True, exist_ok=True)
     job_path = work_dir / f"{stem}.job.json"
     result_path = work_dir / f"{stem}.result.json"
@@ -171,15 +248,33 @@ def run_job(
     if job.get("threads"):
         for name in THREAD_VARIABLES:
             env[name] = str(job["threads"])
+    line = _GateLine(claim) if claim is not None else None
+    if line is not None:
+        env[MACHINE_GATE] = ",".join(map(str, line.child_fds()))
+
+    def ended(failure: str) -> JobOutcome:
+        return JobOutcome(None, failure, result_path, log_path, time.perf_counter() - started)
+
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "quantforge.running.worker", str(job_path), str(result_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-        )
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "quantforge.running.worker",
+                    str(job_path),
+                    str(result_path),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                pass_fds=line.child_fds() if line is not None else (),
+            )
+        finally:
+            if line is not None:
+                line.started()
         if live is not None:
             live.add(proc)
         code: int | None = None
@@ -188,13 +283,21 @@ def run_job(
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     kill_group(proc)
-                    return JobOutcome(
-                        None,
-                        f"timed out after {timeout:g}s",
-                        result_path,
-                        log_path,
-                        time.perf_counter() - started,
-                    )
+                    return ended(f"timed out after {timeout:g}s")
+                if line is not None:
+                    served = line.serve(min(POLL_SECONDS, left), deadline)
+                    if served is None:
+                        kill_group(proc)
+                        if time.perf_counter() >= deadline:
+                            return ended(f"timed out after {timeout:g}s")
+                        return ended(STOPPED)
+                    if not served:
+                        line.close()
+                        line = None
+                    code = proc.poll()
+                    if code is None:
+                        watcher.poll()
+                    continue
                 try:
                     code = proc.wait(timeout=min(POLL_SECONDS, left))
                 except subprocess.TimeoutExpired:
@@ -205,6 +308,8 @@ def run_job(
         finally:
             if live is not None:
                 live.discard(proc)
+            if line is not None:
+                line.close()
     seconds = time.perf_counter() - started
     failure = None if code == 0 else describe_exit(code, log_path)
     return JobOutcome(code, failure, result_path, log_path, seconds)

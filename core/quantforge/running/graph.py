@@ -9,10 +9,20 @@ summary and everything else ``ready`` and ``done`` touch need no locks.
 
 The scheduler starts ready jobs while they fit in its :class:`Capacity`: free cores (each
 job is given core ids of its own, which the worker pins itself to), free memory (measured
-at the start, less a margin) and a cap on jobs in flight. A job marked ``exclusive``
-(a speed or peak-memory measurement) starts only on an idle machine, gets every core and
-runs alone, so that its numbers are not shared with anything else. With a cap of one job
-everything runs on this thread, one job at a time, in the order the jobs were added.
+at the start, less a margin) and a cap on jobs in flight. With a cap of one job everything
+runs on this thread, one job at a time, in the order the jobs were added.
+
+A job marked ``timed`` (a speed or peak-memory measurement) times something, and nothing
+may run beside that part. Where the scheduler hands out this machine's cores, such a job
+starts like any other and its slot carries a :class:`MachineClaim`: just before its timed
+part the job asks for the whole machine, the scheduler starts nothing new, and hands it
+every core once every other running job has finished or is itself waiting for the machine;
+the job gives it back after the timed part, and goes on once the jobs that asked for the
+machine meanwhile have had it (their timed parts run back to back while it waits). So a
+measurement's start-up, loading and untimed evaluators run beside other jobs and only the
+timed part runs alone. Where the
+executor places jobs itself (``Capacity.cores`` is ``None``) a timed job runs alone from
+start to end.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 MEMORY_MARGIN = 0.8  # of the memory available when the run starts
@@ -31,12 +41,14 @@ MEMORY_MARGIN = 0.8  # of the memory available when the run starts
 @dataclass(frozen=True)
 class Slot:
     """What a running job was given: core ids to pin to and the number of threads it
-    should use (``()`` and ``0`` where the executor places it and sets its threads), and
-    whether nothing else runs beside it."""
+    should use (``()`` and ``0`` where the executor places it and sets its threads),
+    whether nothing else runs beside it, and (a ``timed`` job beside others) the claim
+    through which it asks for the whole machine for its timed part."""
 
     cores: tuple[int, ...]
     threads: int
     alone: bool = False
+    claim: MachineClaim | None = field(default=None, compare=False)
 
     def job_fields(self) -> dict[str, object]:
         """What a worker job carries of this slot (see ``worker.pin_cores``)."""
@@ -59,7 +71,7 @@ class Job:
     ready: Callable[[], bool] = lambda: True
     cpus: int = 1
     memory: int = 0
-    exclusive: bool = False
+    timed: bool = False
 
 
 @dataclass
@@ -106,6 +118,112 @@ class Span:
     alone: bool
 
 
+class MachineGate:
+    """The whole machine, handed to one timed job at a time in the middle of its work (see
+    the module docstring). Jobs ask from their own threads (:class:`MachineClaim`); the
+    scheduler's thread grants (:meth:`grant`) when every other running job has finished or
+    is waiting too. ``wake`` tells the scheduler's thread that something changed."""
+
+    def __init__(self, cores: tuple[int, ...], wake: Callable[[], None]) -> None:
+        self.cores = cores
+        self._wake = wake
+        self._changed = threading.Condition()
+        self._wanting: list[int] = []  # job ids, in the order they asked
+        self._resuming: set[int] = set()  # gave the machine back; go on when none wants it
+        self._holder: int | None = None
+        self._closed = False
+        self.spans: list[Span] = []  # the timed parts: the run's timeline shows them
+
+    def busy(self) -> bool:
+        """Whether a job holds the machine or waits for it: nothing new starts then."""
+        with self._changed:
+            return bool(self._wanting) or self._holder is not None
+
+    def grant(self, running: set[int]) -> None:
+        """Hand the machine to the first job waiting for it if every other job in
+        ``running`` waits too (the scheduler's thread calls this)."""
+        with self._changed:
+            if self._holder is not None or not self._wanting:
+                return
+            if running - set(self._wanting) - self._resuming:
+                return  # something is still at work
+            self._holder = self._wanting.pop(0)
+            self._changed.notify_all()
+
+    def forget(self, key: int) -> None:
+        """A job ended: whatever it held or asked for is given back."""
+        with self._changed:
+            if key in self._wanting:
+                self._wanting.remove(key)
+            if self._holder == key:
+                self._holder = None
+            self._resuming.discard(key)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """The run stops: every job still waiting for the machine is told no."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def acquire(self, key: int, timeout: float | None = None) -> tuple[int, ...] | None:
+        with self._changed:
+            self._wanting.append(key)
+        self._wake()
+        with self._changed:
+            granted = self._changed.wait_for(
+                lambda: self._holder == key or self._closed, timeout=timeout
+            )
+            if granted and self._holder == key and not self._closed:
+                return self.cores
+            if key in self._wanting:
+                self._wanting.remove(key)
+            if self._holder == key:
+                self._holder = None
+            self._changed.notify_all()
+        self._wake()
+        return None
+
+    def release(self, key: int, timeout: float | None = None) -> bool:
+        with self._changed:
+            if self._holder == key:
+                self._holder = None
+            self._resuming.add(key)
+            self._changed.notify_all()
+        self._wake()
+        with self._changed:
+            free = self._changed.wait_for(
+                lambda: (self._holder is None and not self._wanting) or self._closed,
+                timeout=timeout,
+            )
+            self._resuming.discard(key)
+            return bool(free) and not self._closed
+
+
+@dataclass(frozen=True)
+class MachineClaim:
+    """A running job's way to ask for the whole machine (every core, nothing else running)
+    for its timed part, and to give it back."""
+
+    gate: MachineGate
+    key: int
+    label: str
+
+    def acquire(self, timeout: float | None = None) -> tuple[int, ...] | None:
+        """Wait until the machine is this job's; return every core, or ``None`` if the run
+        stopped or ``timeout`` seconds passed first."""
+        return self.gate.acquire(self.key, timeout)
+
+    def release(self, started: float, timeout: float | None = None) -> bool:
+        """Give the machine back (``started``, ``time.time()`` at the grant, goes into the
+        run's timeline) and wait until no other job wants it; ``False`` if the run stopped
+        or ``timeout`` seconds passed first."""
+        self.gate.spans.append(
+            Span(f"{self.label}: timed part", started, time.time(), self.gate.cores, True)
+        )
+        return self.gate.release(self.key, timeout)
+
+
 class Scheduler:
     """Runs a graph of :class:`Job`; see the module docstring. ``abort`` is called when the
     run stops on an error or an interrupt, to stop what is in flight (an executor's
@@ -145,9 +263,7 @@ class Scheduler:
                     if self.abort is not None:
                         self.abort()
                     raise
-                self.timeline.append(
-                    Span(job.label, started, time.time(), slot.cores, job.exclusive)
-                )
+                self.timeline.append(Span(job.label, started, time.time(), slot.cores, slot.alone))
                 job.done(result)
             finished.add(id(job))
 
@@ -176,8 +292,14 @@ class Scheduler:
         running: dict[int, tuple[Job, Slot, float]] = {}
         free_cores = list(self.capacity.cores or ())
         free_memory = self.capacity.memory
-        events: queue.Queue[tuple[Job, Any, BaseException | None]] = queue.Queue()
+        # (job, result, error); (None, None, None) when the machine gate changed
+        events: queue.Queue[tuple[Job | None, Any, BaseException | None]] = queue.Queue()
         threads: list[threading.Thread] = []
+        gate = (
+            MachineGate(self.capacity.cores, lambda: events.put((None, None, None)))
+            if self.capacity.cores
+            else None
+        )
 
         def body(job: Job, slot: Slot) -> None:
             assert job.work is not None
@@ -188,7 +310,7 @@ class Scheduler:
 
         try:
             while waiting or running:
-                started_one = True
+                started_one = gate is None or not gate.busy()
                 while started_one:
                     started_one = False
                     for job in list(waiting):
@@ -202,6 +324,8 @@ class Scheduler:
                         if not job.ready() or job.work is None:
                             finished.add(id(job))
                             break  # what it finished may make others ready: look again
+                        if job.timed and gate is not None and not slot.alone:
+                            slot = replace(slot, claim=MachineClaim(gate, id(job), job.label))
                         for core in slot.cores:
                             free_cores.remove(core)
                         if free_memory is not None:
@@ -212,14 +336,20 @@ class Scheduler:
                         )
                         threads.append(thread)
                         thread.start()
-                        if job.exclusive:
+                        if slot.alone:
                             break
+                if gate is not None:
+                    gate.grant(set(running))
                 if not running:
                     if waiting:  # pragma: no cover - every job fits an idle machine
                         raise RuntimeError(f"{waiting[0].label} cannot start on an idle machine")
                     continue
-                job, result, error = events.get()
-                _, slot, started = running.pop(id(job))
+                ended, result, error = events.get()
+                if ended is None:
+                    continue  # a job asked for the machine or gave it back
+                job, slot, started = running.pop(id(ended))
+                if gate is not None:
+                    gate.forget(id(job))
                 free_cores.extend(slot.cores)
                 free_cores.sort()
                 if free_memory is not None:
@@ -230,11 +360,16 @@ class Scheduler:
                 job.done(result)
                 finished.add(id(job))
         except BaseException:
+            if gate is not None:
+                gate.close()
             if self.abort is not None:
                 self.abort()
             for thread in threads:  # their workers are gone: they return at once
                 thread.join(timeout=30)
             raise
+        finally:
+            if gate is not None:
+                self.timeline.extend(gate.spans)
 
     def _memory(self, job: Job) -> int:
         """A job bigger than the whole budget still runs, alone in memory."""
@@ -256,7 +391,7 @@ class Scheduler:
             return None
         if job.work is None:
             return Slot((), 1)
-        if job.exclusive:
+        if job.timed and self.capacity.cores is None:  # no gate: alone from start to end
             if running:
                 return None
             cores = tuple(free_cores)
@@ -271,15 +406,15 @@ class Scheduler:
         if len(free_cores) < wanted:
             return None
         if not running and not self._more_ready(job, waiting, finished):
-            wanted = len(free_cores)  # nothing can run beside it: every core
+            # nothing can run beside it until it ends: every core, and a timed job is alone
+            return Slot(tuple(free_cores), len(free_cores), alone=job.timed)
         return Slot(tuple(free_cores[:wanted]), wanted)
 
-    @staticmethod
-    def _more_ready(job: Job, waiting: list[Job], finished: set[int]) -> bool:
+    def _more_ready(self, job: Job, waiting: list[Job], finished: set[int]) -> bool:
         """Whether another waiting job could start now beside ``job``."""
         return any(
             j is not job
-            and not j.exclusive
+            and not (j.timed and self.capacity.cores is None)
             and j.work is not None
             and all(id(a) in finished for a in j.after)
             for j in waiting

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from quantforge.running.executor import (
+    STOPPED,
     JobOutcome,
     ProgressCallback,
     describe_exit,
     kill_group,
     run_job,
 )
-from quantforge.running.graph import Capacity
-
-STOPPED = "the run was stopped"
+from quantforge.running.graph import Capacity, MachineClaim
 
 
 class LocalExecutor:
@@ -74,12 +73,13 @@ class LocalExecutor:
         label: str,
         timeout: float,
         on_progress: ProgressCallback | None = None,
+        claim: MachineClaim | None = None,
     ) -> JobOutcome:
         stem = self.stem(label)
         if self.closed:
             return self.stopped(stem)
         return run_job(
-            self.limited(job), self.work_dir, stem, timeout, on_progress, live=self._live
+            self.limited(job), self.work_dir, stem, timeout, on_progress, self._live, claim
         )
 
     def move_to(self, work_dir: Path) -> None:
@@ -124,6 +124,7 @@ class InlineExecutor(LocalExecutor):
         label: str,
         timeout: float,
         on_progress: ProgressCallback | None = None,
+        claim: MachineClaim | None = None,  # one job at a time: each is alone anyway
     ) -> JobOutcome:
         import traceback
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ from quantforge.store.results import ResultsStore
 class Measurer:
     """Turns the measurements into jobs of the run's graph: the base's reference outputs per
     target, then each built variant on each measured target, each measurement cached by
-    its key. A measurement with a timing-sensitive evaluator (speed, peak memory) runs with
-    nothing else beside it."""
+    its key. The evaluation text's tokens come from a job of the same graph
+    (``tokenizing``, whose result ``tokens`` returns; ``None`` when they were ready
+    before), so keys that depend on them are worked out as the jobs run. A measurement
+    with a timing-sensitive evaluator (speed, peak memory) is a ``timed`` job: its timed
+    part runs with nothing beside it."""
 
     def __init__(
         self,
@@ -33,15 +37,18 @@ class Measurer:
         executor: Executor,
         plan: Preflight,
         summary: RunSummary,
-        tokens: Path,
+        tokens: Callable[[], Path],
+        tokenizing: Job | None = None,
     ) -> None:
         self.ctx = ctx
         self.executor = executor
         self.plan = plan
         self.summary = summary
         self.tokens = tokens
-        self.fingerprint = json.loads(tokens.read_text())["fingerprint"]
-        self.references: dict[tuple[str, str], Path] = {}
+        self.tokenizing = [tokenizing] if tokenizing is not None else []
+        self._fingerprint: str | None = None
+        # the target that runs the base for each target's reference (see _add_references)
+        self.sources: dict[str, tuple[str, Target, dict[str, Any]]] = {}
         self.reference_jobs: dict[str, Job] = {}  # by the target whose reference it writes
         self.pairs = [
             (vplan, tname)
@@ -49,7 +56,14 @@ class Measurer:
             for tname, (target, _) in plan.targets.items()
             if target.measured
         ]
-        self.exclusive = any(e.timing_sensitive for e, _, _ in plan.evaluators)
+        self.timed = any(e.timing_sensitive for e, _, _ in plan.evaluators)
+
+    @property
+    def fingerprint(self) -> str:
+        """The tokenized evaluation text's fingerprint (once it is tokenized)."""
+        if self._fingerprint is None:
+            self._fingerprint = str(json.loads(self.tokens().read_text())["fingerprint"])
+        return self._fingerprint
 
     def units(self) -> int:
         """Reference runs and measurements: units of the run's progress."""
@@ -63,25 +77,39 @@ class Measurer:
         after the variant's record job and that target's reference."""
         self._add_references(scheduler)
         for vplan, tname in self.pairs:
-            after = [records[vplan.spec.name]]
+            after = [records[vplan.spec.name], *self.tokenizing]
             if tname in self.reference_jobs:
                 after.append(self.reference_jobs[tname])
             scheduler.add(self._measure_job(store, run_id, vplan, tname, after))
 
-    @staticmethod
-    def _eval_specs(
-        plan: Preflight, target: str, references: dict[tuple[str, str], Path]
-    ) -> list[dict[str, Any]]:
+    def _reference_path(
+        self, tname: str, evaluator: str, options: dict[str, Any], version: str
+    ) -> Path:
+        """Where the base's reference outputs for ``evaluator`` on ``tname`` are cached."""
+        rname, _, topts = self.sources[tname]
+        key = digest(
+            "reference",
+            self.plan.base.identity,
+            rname,
+            topts,
+            evaluator,
+            version,
+            options,
+            self.fingerprint,
+        )
+        return self.ctx.cache_dir / "references" / key
+
+    def _eval_specs(self, target: str) -> list[dict[str, Any]]:
         return [
             {
                 "name": e.name,
                 "options": opts,
                 "version": version,
-                "reference_dir": str(references[(target, e.name)])
-                if (target, e.name) in references
+                "reference_dir": str(self._reference_path(target, e.name, opts, version))
+                if e.needs_reference and target in self.sources
                 else None,
             }
-            for e, opts, version in plan.evaluators
+            for e, opts, version in self.plan.evaluators
         ]
 
     def _add_references(self, scheduler: Scheduler) -> None:
@@ -94,57 +122,40 @@ class Measurer:
             return
         measured = {n: t for n, t in plan.targets.items() if t[0].measured}
         runs_base = [n for n, (t, _) in measured.items() if t.runs("hf")]
-        sources: dict[str, tuple[str, Target, dict[str, Any]]] = {}
         for tname, (target, topts) in measured.items():
             if target.runs("hf"):
-                sources[tname] = (tname, target, topts)
+                self.sources[tname] = (tname, target, topts)
             elif runs_base:
-                sources[tname] = (runs_base[0], *plan.targets[runs_base[0]])
+                self.sources[tname] = (runs_base[0], *plan.targets[runs_base[0]])
             elif "cpu" in self.ctx.plugins.targets:
                 cpu = self.ctx.plugins.targets.get("cpu")
-                sources[tname] = ("cpu", cpu, cpu.options.resolve("target cpu", {}))
+                self.sources[tname] = ("cpu", cpu, cpu.options.resolve("target cpu", {}))
         by_source: dict[str, Job] = {}
-        for tname, (rname, source_target, topts) in sources.items():
-            wanted = []
-            for evaluator, opts, version in plan.evaluators:
-                if not evaluator.needs_reference:
-                    continue
-                key = digest(
-                    "reference",
-                    plan.base.identity,
-                    rname,
-                    topts,
-                    evaluator.name,
-                    version,
-                    opts,
-                    self.fingerprint,
-                )
-                path = self.ctx.cache_dir / "references" / key
-                self.references[(tname, evaluator.name)] = path
-                wanted.append((key, path, evaluator.name, opts, version))
+        for tname, (rname, source_target, topts) in self.sources.items():
             if rname not in by_source:
                 by_source[rname] = scheduler.add(
-                    self._reference_job(rname, source_target, topts, wanted)
+                    self._reference_job(tname, rname, source_target, topts)
                 )
             self.reference_jobs[tname] = by_source[rname]
 
     def _reference_job(
-        self,
-        rname: str,
-        source_target: Target,
-        topts: dict[str, Any],
-        wanted: list[tuple[str, Path, str, dict[str, Any], str]],
+        self, tname: str, rname: str, source_target: Target, topts: dict[str, Any]
     ) -> Job:
-        """The job that runs the base on ``rname`` once to write the references ``wanted``
-        names that the cache does not hold."""
+        """The job that runs the base on ``rname`` once to write the references (for
+        ``tname`` and every target that shares its source) that the cache does not hold."""
         resources = {**self.ctx.memory(self.plan), **source_target.resources()}
 
         def work(slot: Slot) -> str | None:
-            names = [f"reference-{key}" for key, *_ in wanted]
+            wanted = [
+                (self._reference_path(tname, e.name, opts, version), e.name, opts, version)
+                for e, opts, version in self.plan.evaluators
+                if e.needs_reference
+            ]
+            names = [f"reference-{path.name}" for path, *_ in wanted]
             with self.ctx.locks(names, f"computing the base's reference outputs on {rname}"):
                 todo = [
                     {"name": e, "options": opts, "version": v, "reference_dir": str(path)}
-                    for _, path, e, opts, v in wanted
+                    for path, e, opts, v in wanted
                     if not path.exists()
                 ]
                 for item in todo:  # what a killed run left half-written
@@ -159,7 +170,7 @@ class Measurer:
                     "artifact": {"path": str(self.plan.base.path), "format": "hf", "manifest": {}},
                     "producer": None,
                     "evaluators": todo,
-                    "tokens_path": str(self.tokens),
+                    "tokens_path": str(self.tokens()),
                     "seed": self.ctx.config.seed,
                     "base_model": str(self.plan.base.path),
                     "resources": resources,
@@ -181,6 +192,7 @@ class Measurer:
             f"reference outputs of the base on {rname}",
             work,
             done,
+            after=list(self.tokenizing),
             cpus=int(resources.get("CPU", 1)),
             memory=int(resources.get("memory", 0)),
         )
@@ -193,9 +205,6 @@ class Measurer:
         plan = self.plan
         name = vplan.spec.name
         target, topts = plan.targets[tname]
-        specs = self._eval_specs(plan, tname, self.references)
-        key = digest("eval", vplan.key, tname, topts, specs, self.fingerprint, self.ctx.config.seed)
-        cache_file = self.ctx.cache_dir / "measurements" / f"{key}.json"
         resources = {**self.ctx.memory(plan), **target.resources()}
 
         def ready() -> bool:
@@ -212,10 +221,14 @@ class Measurer:
                 return False
             return True
 
-        def work(slot: Slot) -> tuple[str, Any]:
+        def work(slot: Slot) -> tuple[str, str, Any]:
+            specs = self._eval_specs(tname)
+            seed = self.ctx.config.seed
+            key = digest("eval", vplan.key, tname, topts, specs, self.fingerprint, seed)
+            cache_file = self.ctx.cache_dir / "measurements" / f"{key}.json"
             with self.ctx.lock(f"measure-{key}", f"measuring {name} on {tname}"):
                 if cache_file.exists():
-                    return "cached", json.loads(cache_file.read_text())
+                    return key, "cached", json.loads(cache_file.read_text())
                 job = {
                     "kind": "evaluate",
                     "mode": "measure",
@@ -228,7 +241,7 @@ class Measurer:
                     },
                     "producer": vplan.producer,
                     "evaluators": specs,
-                    "tokens_path": str(self.tokens),
+                    "tokens_path": str(self.tokens()),
                     "seed": self.ctx.config.seed,
                     "base_model": str(plan.base.path),
                     "cache_dir": str(self.ctx.cache_dir),  # the machine's bandwidth is kept there
@@ -236,7 +249,7 @@ class Measurer:
                     **slot.job_fields(),
                 }
                 outcome = self.executor.run(
-                    job, f"measure-{name}-{tname}", self.ctx.config.step_timeout
+                    job, f"measure-{name}-{tname}", self.ctx.config.step_timeout, claim=slot.claim
                 )
                 if not outcome.failure and outcome.result_path.exists():
                     result = outcome.json()
@@ -245,10 +258,10 @@ class Measurer:
                         tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
                         tmp.write_text(json.dumps({**result, "run_id": run_id}))
                         tmp.replace(cache_file)
-                return "run", outcome
+                return key, "run", outcome
 
-        def done(result: tuple[str, Any]) -> None:
-            how, value = result
+        def done(result: tuple[str, str, Any]) -> None:
+            key, how, value = result
             if how == "cached":
                 self._store_measurements(store, run_id, name, tname, key, value, cached=True)
                 self.summary.evaluations_cached += 1
@@ -267,7 +280,7 @@ class Measurer:
             ready=ready,
             cpus=int(resources.get("CPU", 1)),
             memory=int(resources.get("memory", 0)),
-            exclusive=self.exclusive,
+            timed=self.timed,
         )
 
     def _collect(

@@ -24,7 +24,7 @@ from typing import Any
 
 from quantforge.errors import ExecutorError, MissingDependencyError, one_line
 from quantforge.running.executor import JobOutcome, ProgressCallback, ProgressWatcher, run_job
-from quantforge.running.graph import Capacity
+from quantforge.running.graph import Capacity, MachineClaim
 from quantforge.running.local_executor import LocalExecutor
 
 RETRIES = 1
@@ -183,6 +183,7 @@ class RayExecutor(LocalExecutor):
         label: str,
         timeout: float,
         on_progress: ProgressCallback | None = None,
+        claim: MachineClaim | None = None,  # never given: Ray places the jobs (Capacity)
     ) -> JobOutcome:
         stem = self.stem(label)
         if self.closed:

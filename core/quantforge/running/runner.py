@@ -100,25 +100,29 @@ class Runner:
         return plan
 
     def add_preparation(self, scheduler: Scheduler, executor: Executor) -> None:
-        """Jobs that tokenize the evaluation text and the calibration set (each cached)."""
+        """The job that tokenizes the calibration set (cached), before the run folder exists:
+        calibration data that is too short stops the run before it leaves anything behind."""
         assert self.plan is not None
-        for kind, job in (self._tokenize_job(self.plan), self._calibration_job(self.plan)):
-            if job is None:
-                continue
-            key, body, what = job
+        prepared = self._calibration_job(self.plan)
+        if prepared is not None:
+            scheduler.add(self._preparation_job(executor, "calibrate", *prepared))
 
-            def work(
-                slot: Slot, kind: str = kind, key: str = key, body: Any = body, what: str = what
-            ) -> Path:
-                return self._prepared(executor, kind, key, {**body, **slot.job_fields()}, what)
+    def _preparation_job(
+        self, executor: Executor, kind: str, key: str, body: dict[str, Any], what: str
+    ) -> Job:
+        """A job that runs a preparation job once (see :meth:`_prepared`) and keeps where
+        its result is."""
 
-            def done(path: Path, kind: str = kind) -> None:
-                if kind == "tokenize":
-                    self.tokens = path
-                else:
-                    self.ctx.calibration_rows = path
+        def work(slot: Slot) -> Path:
+            return self._prepared(executor, kind, key, {**body, **slot.job_fields()}, what)
 
-            scheduler.add(Job(what, work, done))
+        def done(path: Path) -> None:
+            if kind == "tokenize":
+                self.tokens = path
+            else:
+                self.ctx.calibration_rows = path
+
+        return Job(what, work, done)
 
     def open(self, run_id: str) -> None:
         """Make the output folder and its results store, and start the run there."""
@@ -148,16 +152,26 @@ class Runner:
         )
 
     def add_jobs(self, scheduler: Scheduler, executor: Executor) -> int:
-        """Add the build and measurement jobs; return how many units of progress they are."""
-        assert self.plan and self.store and self.summary and self.tokens
+        """Add the jobs that tokenize the evaluation text, build and measure; return how many
+        units of progress they are."""
+        assert self.plan and self.store and self.summary
         run_id = self.summary.run_id
+        tokenizing = scheduler.add(
+            self._preparation_job(executor, "tokenize", *self._tokenize_job(self.plan))
+        )
         self.builder = Builder(self.ctx, executor, self.plan, self.summary)
         records = self.builder.add_jobs(
             scheduler, self.store, run_id, parallel=scheduler.capacity.max_jobs
         )
-        self.measurer = Measurer(self.ctx, executor, self.plan, self.summary, self.tokens)
+        self.measurer = Measurer(
+            self.ctx, executor, self.plan, self.summary, self._tokens, tokenizing
+        )
         self.measurer.add_jobs(scheduler, self.store, run_id, records)
         return self.builder.units() + self.measurer.units()
+
+    def _tokens(self) -> Path:
+        assert self.tokens is not None, "the evaluation text is tokenized first"
+        return self.tokens
 
     def finish(self) -> RunSummary:
         """Record the estimates and how the run ended."""
@@ -202,26 +216,26 @@ class Runner:
         return path
 
     @staticmethod
-    def _tokenize_job(plan: Preflight) -> tuple[str, tuple[str, dict[str, Any], str]]:
+    def _tokenize_job(plan: Preflight) -> tuple[str, dict[str, Any], str]:
         """Tokenize the evaluation text once with the base tokenizer."""
         text = plan.eval_text.read_bytes()
         key = digest("tokens", hashlib.sha256(text).hexdigest(), plan.base.content_hash)
         job = {"model_path": str(plan.base.path), "text_path": str(plan.eval_text)}
-        return "tokenize", (key, job, "tokenizing the evaluation text")
+        return key, job, "tokenizing the evaluation text"
 
     @staticmethod
-    def _calibration_job(plan: Preflight) -> tuple[str, tuple[str, dict[str, Any], str] | None]:
+    def _calibration_job(plan: Preflight) -> tuple[str, dict[str, Any], str] | None:
         """Tokenize the calibration set once with the base tokenizer (cached by fingerprint)."""
         spec = plan.calibration_spec
         if plan.calibration is None or spec is None:
-            return "calibrate", None
+            return None
         key = digest("calibration", plan.calibration, plan.base.content_hash)
         job = {
             "model_path": str(plan.base.path),
             "spec": spec.describe(),
             "fingerprint": plan.calibration,
         }
-        return "calibrate", (key, job, "preparing the calibration data")
+        return key, job, "preparing the calibration data"
 
 
 def run_catalogue(runners: list[Runner]) -> list[RunSummary]:
@@ -235,7 +249,7 @@ def run_catalogue(runners: list[Runner]) -> list[RunSummary]:
     outputs = [r.config.output for r in runners]
     logs_root = outputs[0] if len(runners) == 1 else _common_folder(outputs)
     cache_dir = runners[0].cache_dir
-    # The executor first, then the texts tokenized (calibration data that is too short
+    # The executor first, then the calibration data tokenized (data that is too short
     # fails here): a run that cannot start leaves no run folder behind. Their logs wait
     # in the cache until the run folders exist.
     executor = make_executor(

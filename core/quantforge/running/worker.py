@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from quantforge.errors import is_disk_full, one_line
-from quantforge.interfaces import Artifact, CalibrationSet, EvalContext, Quantizer, StepContext
+from quantforge.interfaces import (
+    Artifact,
+    CalibrationSet,
+    EvalContext,
+    Quantizer,
+    Runtime,
+    StepContext,
+)
 from quantforge.model import artifacts
 from quantforge.plugins.manager import Plugins, load_plugins
 from quantforge.running import provenance
+from quantforge.running.executor import MACHINE_GATE, THREAD_VARIABLES
 
 # the exit status of a job that failed on its input data (said in its result's "error")
 INPUT_ERROR = 3
@@ -146,8 +154,63 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
+class Machine:
+    """This worker's line to the host's machine gate (:data:`MACHINE_GATE`): ask for the
+    whole machine before a timed part, give it back after."""
+
+    def __init__(self, asks: int, grants: int) -> None:
+        self.asks = asks
+        self.grants = grants
+
+    @classmethod
+    def from_environment(cls) -> Machine | None:
+        spec = os.environ.pop(MACHINE_GATE, "")
+        if not spec:
+            return None
+        asks, grants = (int(fd) for fd in spec.split(","))
+        for fd in (asks, grants):  # not for what this worker starts
+            os.set_inheritable(fd, False)
+        return cls(asks, grants)
+
+    def acquire(self) -> list[int]:
+        """Wait until nothing else runs; return every core of the machine."""
+        os.write(self.asks, b"a")
+        return [int(core) for core in json.loads(self._answer())]
+
+    def release(self) -> None:
+        """Give the machine back; return when the jobs that asked for it meanwhile have
+        had it (this job's rest runs beside them afterwards)."""
+        os.write(self.asks, b"r")
+        self._answer()
+
+    def _answer(self) -> bytes:
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = os.read(self.grants, 4096)
+            if not chunk:
+                raise SystemExit("the host stopped while this worker waited for the machine")
+            answer += chunk
+        return answer
+
+
+def use_cores(cores: list[int], threads: int) -> None:
+    """Run on ``cores`` with ``threads`` threads from now on: pinned, torch's pool resized
+    if torch is loaded, and the thread variables set for libraries loaded later."""
+    pin_cores(cores)
+    if threads:
+        for name in THREAD_VARIABLES:
+            os.environ[name] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+
+
 def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
-    """Load one artifact on one target and run the evaluators (or prepare references)."""
+    """Load one artifact on one target and run the evaluators (or prepare references).
+
+    A measurement with timing-sensitive evaluators started beside other jobs asks the host
+    for the whole machine first (:class:`Machine`), and loads and times with every core;
+    it gives the machine back after the last timing-sensitive evaluator and runs the others
+    on its own cores."""
     target = plugins.targets.get(job["target"])
     artifact = _artifact(job["artifact"])
     tokens = json.loads(Path(job["tokens_path"]).read_text(encoding="utf-8"))
@@ -173,14 +236,37 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         baseline_rss_bytes=0,
         base_model=Path(job["base_model"]) if job.get("base_model") else None,
     )
-    bandwidth = None
-    timed = any(e.timing_sensitive for e, _ in evaluators)
-    if job["mode"] == "measure" and target.measured and timed and job.get("cache_dir"):
-        from quantforge.running.bandwidth import machine_bandwidth
+    measuring = job["mode"] == "measure"
+    timed = [i for i, (e, _) in enumerate(evaluators) if e.timing_sensitive] if measuring else []
+    alone = bool(job.get("alone"))
+    machine = Machine.from_environment()  # (taken from the environment either way)
+    if not timed:
+        machine = None
+    holding = False
 
-        bandwidth = machine_bandwidth(Path(job["cache_dir"]))  # before peak memory is reset
+    def take_the_machine() -> None:
+        nonlocal alone, holding
+        assert machine is not None
+        cores = machine.acquire()
+        use_cores(cores, len(cores))
+        alone = holding = True
+
+    bandwidth = None
+    if timed and target.measured and job.get("cache_dir"):
+        from quantforge.running.bandwidth import kept_bandwidth, machine_bandwidth
+
+        cache_dir = Path(job["cache_dir"])
+        bandwidth = kept_bandwidth(cache_dir)
+        if bandwidth is None:  # measured once per machine, alone, before peak memory resets
+            if machine is not None:
+                take_the_machine()  # (a job beside this one may have measured it meanwhile)
+            bandwidth = machine_bandwidth(cache_dir)
         context.memory_bandwidth = bandwidth.bytes_per_second
     runtime = None
+
+    def load() -> Runtime:
+        return target.load(artifact, job["target_options"], loader)
+
     if any(e.needs_runtime for e, _ in evaluators) or job["mode"] == "reference":
         target.check_available()
         # Import the runtime's libraries first: memory "added by the model" excludes them.
@@ -190,10 +276,13 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
             importlib.import_module(package)
         _reset_peak_rss()
         context.baseline_rss_bytes = _rss()
-        runtime = target.load(artifact, job["target_options"], loader)
+        runtime = load()  # beside other jobs unless the machine is held already
+    if machine is not None and not holding:
+        take_the_machine()
+        runtime = _with_threads(runtime, len(os.sched_getaffinity(0)), load)
     measurements: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
-    for evaluator, spec in evaluators:
+    for index, (evaluator, spec) in enumerate(evaluators):
         try:
             if job["mode"] == "reference":
                 assert runtime is not None
@@ -206,8 +295,8 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
             )
             for m in evaluator.evaluate(artifact, runtime, spec["options"], context):
                 details = dict(m.details)
-                if evaluator.timing_sensitive and "alone" in job:
-                    details["ran_alone"] = bool(job["alone"])  # the card says so
+                if evaluator.timing_sensitive and ("alone" in job or machine is not None):
+                    details["ran_alone"] = alone  # the card says so
                 measurements.append(
                     {
                         "metric": m.metric,
@@ -223,6 +312,14 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         except Exception as exc:
             traceback.print_exc()
             errors[evaluator.name] = explain(exc, job.get("memory_limit"))
+        if machine is not None and index == timed[-1]:
+            machine.release()  # the rest beside other jobs, on this job's own cores
+            machine = None
+            cores = job.get("cores") or []
+            threads = int(job.get("threads") or len(cores))
+            use_cores(cores, threads)
+            if index + 1 < len(evaluators) and threads:
+                runtime = _with_threads(runtime, threads, load)
     env = provenance.environment(target.hardware(), needs)
     if bandwidth is not None:
         env["memory_bandwidth_gbs"] = bandwidth.gb_per_s
@@ -240,6 +337,17 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
             }
         )
     )
+
+
+def _with_threads(
+    runtime: Runtime | None, threads: int, load: Callable[[], Runtime]
+) -> Runtime | None:
+    """``runtime`` on ``threads`` threads: its pool resized, or (a runtime that fixes its
+    threads when loaded) loaded again."""
+    if runtime is None or runtime.set_threads(threads):
+        return runtime
+    runtime.close()
+    return load()
 
 
 # what allocators say when the address space is used up (Python, PyTorch, C++, glibc)
