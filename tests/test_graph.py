@@ -243,3 +243,35 @@ def test_this_machines_capacity_is_its_cores_and_available_memory() -> None:
     assert capacity.max_jobs == len(capacity.cores)
     assert capacity.memory is not None and capacity.memory > 0
     assert Capacity.of_this_machine(1).max_jobs == 1
+
+
+def test_a_job_going_on_after_its_timed_part_gets_the_cores_no_one_else_can_use() -> None:
+    def measure(resumed: list[tuple[int, ...] | None]) -> Any:
+        def work(slot: Slot) -> None:
+            assert slot.claim is not None and len(slot.cores) == 1
+            began = time.time()
+            assert slot.claim.acquire(timeout=10) == (0, 1, 2)
+            resumed.append(slot.claim.release(began, timeout=10))
+
+        return work
+
+    alone: list[tuple[int, ...] | None] = []
+    scheduler = Scheduler(Capacity(max_jobs=3, cores=(0, 1, 2)))
+    scheduler.add(Job("build", _sleeper(0.3)))
+    scheduler.add(Job("measure", measure(alone), timed=True))
+    scheduler.run()
+    assert alone == [(0, 1, 2)]  # the build is over and nothing waits: every core
+    spans = {s.label: s for s in scheduler.timeline}
+    assert spans["measure"].cores == (0, 1, 2)
+
+    shared: list[tuple[int, ...] | None] = []
+    scheduler = Scheduler(Capacity(max_jobs=2, cores=(0, 1, 2)))
+    scheduler.add(Job("build", _sleeper(0.3)))
+    scheduler.add(Job("measure", measure(shared), timed=True))
+    scheduler.add(Job("late", _sleeper(0.1)))  # ready, held back while the machine is taken
+    scheduler.run()
+    (cores,) = shared
+    spans = {s.label: s for s in scheduler.timeline}
+    # "late" starts first, on a core of its own; the measurement goes on with the rest
+    assert cores is not None and 1 in cores and set(spans["late"].cores).isdisjoint(cores)
+    assert set(cores) | set(spans["late"].cores) == {0, 1, 2}

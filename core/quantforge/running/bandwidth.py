@@ -80,6 +80,25 @@ def machine_bandwidth(cache_dir: Path) -> Bandwidth:
     return found
 
 
+def measure_apart(cache_dir: Path) -> Bandwidth:
+    """:func:`machine_bandwidth` in a process of its own: a measurement worker that needs
+    the figure keeps its own peak memory free of the buffer (it runs this alone, holding
+    the machine)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "quantforge.running.bandwidth", str(cache_dir)],
+        capture_output=True,
+        text=True,
+    )
+    kept = kept_bandwidth(cache_dir)
+    if done.returncode or kept is None:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise RuntimeError(f"measuring the memory bandwidth failed: {lines[-1]}")
+    return kept
+
+
 def measure(size: int = BUFFER_BYTES, passes: int = PASSES) -> tuple[float, str]:
     """Bytes a second read by summing ``size`` bytes of float32, best of ``passes``."""
     try:
@@ -113,3 +132,9 @@ def _timed(call: object) -> float:
     started = time.perf_counter()
     call()
     return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(asdict(machine_bandwidth(Path(sys.argv[1])))))

@@ -33,7 +33,8 @@ HOST_PID = "QUANTFORGE_HOST_PID"  # the worker dies with this process (see worke
 
 # "ASKS,GRANTS": the worker's pipe descriptors for asking this process for the whole
 # machine: it writes b"a" and reads back the cores as a JSON line; it writes b"r" when its
-# timed part is over and reads a line when it may go on (see graph.MachineGate)
+# timed part is over and reads back, when it may go on, the cores to go on with (see
+# graph.MachineGate)
 MACHINE_GATE = "QUANTFORGE_MACHINE_GATE"
 
 # what the libraries a worker loads read for their thread count
@@ -195,9 +196,10 @@ class _GateLine:
                 if held_since is None:
                     continue
                 left = max(0.0, deadline - time.perf_counter())
-                if not self.claim.release(held_since, timeout=left):
+                cores = self.claim.release(held_since, timeout=left)
+                if cores is None:
                     return None
-                self._answer("go")
+                self._answer(json.dumps(list(cores)))
         return True
 
     def _answer(self, line: str) -> None:

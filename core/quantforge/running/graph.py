@@ -129,7 +129,8 @@ class MachineGate:
         self._wake = wake
         self._changed = threading.Condition()
         self._wanting: list[int] = []  # job ids, in the order they asked
-        self._resuming: set[int] = set()  # gave the machine back; go on when none wants it
+        # gave the machine back; go on, on these cores, once none wants it
+        self._resuming: dict[int, tuple[int, ...] | None] = {}
         self._holder: int | None = None
         self._closed = False
         self.spans: list[Span] = []  # the timed parts: the run's timeline shows them
@@ -145,7 +146,7 @@ class MachineGate:
         with self._changed:
             if self._holder is not None or not self._wanting:
                 return
-            if running - set(self._wanting) - self._resuming:
+            if running - set(self._wanting) - set(self._resuming):
                 return  # something is still at work
             self._holder = self._wanting.pop(0)
             self._changed.notify_all()
@@ -157,7 +158,7 @@ class MachineGate:
                 self._wanting.remove(key)
             if self._holder == key:
                 self._holder = None
-            self._resuming.discard(key)
+            self._resuming.pop(key, None)
             self._changed.notify_all()
 
     def close(self) -> None:
@@ -184,20 +185,33 @@ class MachineGate:
         self._wake()
         return None
 
-    def release(self, key: int, timeout: float | None = None) -> bool:
+    def release(self, key: int, timeout: float | None = None) -> tuple[int, ...] | None:
         with self._changed:
             if self._holder == key:
                 self._holder = None
-            self._resuming.add(key)
+            self._resuming[key] = None
             self._changed.notify_all()
         self._wake()
         with self._changed:
-            free = self._changed.wait_for(
-                lambda: (self._holder is None and not self._wanting) or self._closed,
-                timeout=timeout,
+            self._changed.wait_for(
+                lambda: self._resuming.get(key) is not None or self._closed, timeout=timeout
             )
-            self._resuming.discard(key)
-            return bool(free) and not self._closed
+            cores = self._resuming.pop(key, None)
+            return None if self._closed else cores
+
+    def resumable(self) -> list[int]:
+        """The jobs that gave the machine back and may go on now (none wants it): the
+        scheduler's thread hands each its cores with :meth:`resume`."""
+        with self._changed:
+            if self._holder is not None or self._wanting:
+                return []
+            return [key for key, cores in self._resuming.items() if cores is None]
+
+    def resume(self, key: int, cores: tuple[int, ...]) -> None:
+        with self._changed:
+            if key in self._resuming:
+                self._resuming[key] = cores
+                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -214,10 +228,11 @@ class MachineClaim:
         stopped or ``timeout`` seconds passed first."""
         return self.gate.acquire(self.key, timeout)
 
-    def release(self, started: float, timeout: float | None = None) -> bool:
+    def release(self, started: float, timeout: float | None = None) -> tuple[int, ...] | None:
         """Give the machine back (``started``, ``time.time()`` at the grant, goes into the
-        run's timeline) and wait until no other job wants it; ``False`` if the run stopped
-        or ``timeout`` seconds passed first."""
+        run's timeline) and wait until no other job wants it; return the cores to go on
+        with (the job's own, and idle ones no waiting job can use), or ``None`` if the run
+        stopped or ``timeout`` seconds passed first."""
         self.gate.spans.append(
             Span(f"{self.label}: timed part", started, time.time(), self.gate.cores, True)
         )
@@ -340,6 +355,7 @@ class Scheduler:
                             break
                 if gate is not None:
                     gate.grant(set(running))
+                    self._resume(gate, running, free_cores, waiting, finished)
                 if not running:
                     if waiting:  # pragma: no cover - every job fits an idle machine
                         raise RuntimeError(f"{waiting[0].label} cannot start on an idle machine")
@@ -370,6 +386,31 @@ class Scheduler:
         finally:
             if gate is not None:
                 self.timeline.extend(gate.spans)
+
+    def _resume(
+        self,
+        gate: MachineGate,
+        running: dict[int, tuple[Job, Slot, float]],
+        free_cores: list[int],
+        waiting: list[Job],
+        finished: set[int],
+    ) -> None:
+        """Let the jobs that gave the machine back go on: on their own cores, and on the
+        idle ones too when no waiting job could start on them (the last measurements of a
+        run would otherwise leave cores idle to the end)."""
+        keys = gate.resumable()
+        if not keys:
+            return
+        ready = any(j.work is not None and all(id(a) in finished for a in j.after) for j in waiting)
+        spare = [] if ready else list(free_cores)
+        for n, key in enumerate(keys):
+            job, slot, started = running[key]
+            extra = spare[n :: len(keys)]
+            for core in extra:
+                free_cores.remove(core)
+            cores = tuple(sorted((*slot.cores, *extra)))
+            running[key] = (job, replace(slot, cores=cores, threads=len(cores)), started)
+            gate.resume(key, cores)
 
     def _memory(self, job: Job) -> int:
         """A job bigger than the whole budget still runs, alone in memory."""

@@ -177,11 +177,11 @@ class Machine:
         os.write(self.asks, b"a")
         return [int(core) for core in json.loads(self._answer())]
 
-    def release(self) -> None:
-        """Give the machine back; return when the jobs that asked for it meanwhile have
-        had it (this job's rest runs beside them afterwards)."""
+    def release(self) -> list[int]:
+        """Give the machine back; return, when the jobs that asked for it meanwhile have
+        had it, the cores to run the rest on beside other jobs."""
         os.write(self.asks, b"r")
-        self._answer()
+        return [int(core) for core in json.loads(self._answer())]
 
     def _answer(self) -> bytes:
         answer = b""
@@ -210,7 +210,7 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
     A measurement with timing-sensitive evaluators started beside other jobs asks the host
     for the whole machine first (:class:`Machine`), and loads and times with every core;
     it gives the machine back after the last timing-sensitive evaluator and runs the others
-    on its own cores."""
+    on the cores the host gives it then (its own, and idle ones)."""
     target = plugins.targets.get(job["target"])
     artifact = _artifact(job["artifact"])
     tokens = json.loads(Path(job["tokens_path"]).read_text(encoding="utf-8"))
@@ -242,26 +242,19 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
     machine = Machine.from_environment()  # (taken from the environment either way)
     if not timed:
         machine = None
-    holding = False
 
     def take_the_machine() -> None:
-        nonlocal alone, holding
+        nonlocal alone
         assert machine is not None
         cores = machine.acquire()
         use_cores(cores, len(cores))
-        alone = holding = True
+        alone = True
 
     bandwidth = None
     if timed and target.measured and job.get("cache_dir"):
-        from quantforge.running.bandwidth import kept_bandwidth, machine_bandwidth
+        from quantforge.running.bandwidth import kept_bandwidth
 
-        cache_dir = Path(job["cache_dir"])
-        bandwidth = kept_bandwidth(cache_dir)
-        if bandwidth is None:  # measured once per machine, alone, before peak memory resets
-            if machine is not None:
-                take_the_machine()  # (a job beside this one may have measured it meanwhile)
-            bandwidth = machine_bandwidth(cache_dir)
-        context.memory_bandwidth = bandwidth.bytes_per_second
+        bandwidth = kept_bandwidth(Path(job["cache_dir"]))
     runtime = None
 
     def load() -> Runtime:
@@ -276,10 +269,17 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
             importlib.import_module(package)
         _reset_peak_rss()
         context.baseline_rss_bytes = _rss()
-        runtime = load()  # beside other jobs unless the machine is held already
-    if machine is not None and not holding:
+        runtime = load()  # beside other jobs
+    if machine is not None:
         take_the_machine()
         runtime = _with_threads(runtime, len(os.sched_getaffinity(0)), load)
+    if timed and target.measured and job.get("cache_dir") and bandwidth is None:
+        from quantforge.running.bandwidth import measure_apart
+
+        # once per machine, alone, in a process of its own (this one's peak stays its own)
+        bandwidth = measure_apart(Path(job["cache_dir"]))
+    if bandwidth is not None:
+        context.memory_bandwidth = bandwidth.bytes_per_second
     measurements: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
     for index, (evaluator, spec) in enumerate(evaluators):
@@ -313,13 +313,11 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
             traceback.print_exc()
             errors[evaluator.name] = explain(exc, job.get("memory_limit"))
         if machine is not None and index == timed[-1]:
-            machine.release()  # the rest beside other jobs, on this job's own cores
+            cores = machine.release()  # the rest beside other jobs, on the cores given
             machine = None
-            cores = job.get("cores") or []
-            threads = int(job.get("threads") or len(cores))
-            use_cores(cores, threads)
-            if index + 1 < len(evaluators) and threads:
-                runtime = _with_threads(runtime, threads, load)
+            use_cores(cores, len(cores))
+            if index + 1 < len(evaluators) and cores:
+                runtime = _with_threads(runtime, len(cores), load)
     env = provenance.environment(target.hardware(), needs)
     if bandwidth is not None:
         env["memory_bandwidth_gbs"] = bandwidth.gb_per_s
