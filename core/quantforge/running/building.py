@@ -60,16 +60,28 @@ class Builder:
             for i, step in enumerate(vplan.steps):
                 by_depth[i].setdefault(step.key, (vplan, i))
         owners: dict[str, Job] = {}  # step key -> the job that builds it
+        chains: dict[int, list[tuple[VariantPlan, int]]] = {}  # a job's steps, by id(job)
         for depth in sorted(by_depth):
             groups: dict[str, list[tuple[VariantPlan, int]]] = defaultdict(list)
             for vplan, i in by_depth[depth].values():
                 groups[vplan.steps[i - 1].key if i else "base"].append((vplan, i))
             for previous, group in groups.items():
+                before = owners.get(previous)
+                if before is not None and len(group) == 1 and len(chains[id(before)]) == 1:
+                    # the only step after a job's only step: the same worker goes on with
+                    # it (an export, then the quantization of what it wrote)
+                    ((vplan, i),) = group
+                    chains[id(before)].append((vplan, i))
+                    before.label += f", then {vplan.spec.name}: {vplan.steps[i].method}"
+                    owners[vplan.steps[i].key] = before
+                    continue
                 shares = min(max(1, parallel), len(group))
                 for members in (group[k::shares] for k in range(shares)):
-                    job = self._group_job(previous, members)
-                    if previous in owners:
-                        job.after.append(owners[previous])
+                    steps = list(members)
+                    job = self._group_job(steps)
+                    chains[id(job)] = steps
+                    if before is not None:
+                        job.after.append(before)
                     scheduler.add(job)
                     for vplan, i in members:
                         owners[vplan.steps[i].key] = job
@@ -100,8 +112,9 @@ class Builder:
             )
         return records
 
-    def _group_job(self, previous: str, members: list[tuple[VariantPlan, int]]) -> Job:
-        """The job that builds ``members``, steps whose input is the step ``previous``."""
+    def _group_job(self, members: list[tuple[VariantPlan, int]]) -> Job:
+        """The job that builds ``members``: steps that share an input, or a chain of steps
+        each the input of the next (``members`` may grow until the graph runs)."""
         todo: list[tuple[VariantPlan, int]] = []
         gpu = any(
             getattr(self.ctx.plugins.methods.get(vplan.steps[i].method), "needs_gpu", False)
@@ -115,6 +128,7 @@ class Builder:
             for vplan, i in members:
                 step = vplan.steps[i]
                 name = f"{vplan.spec.name}: {step.method}"
+                previous = vplan.steps[i - 1].key if i else "base"
                 if artifacts.is_complete(self.ctx.artifact_path(step.key)):
                     self.summary.steps_cached += 1
                     self.ctx.reporter.advance(name, "cached")
@@ -187,10 +201,17 @@ class Builder:
             return Artifact(self.plan.base.path, "hf", {})
         return artifacts.read_artifact(self.ctx.artifact_path(vplan.steps[index - 1].key))
 
-    def _step_job(self, vplan: VariantPlan, i: int) -> dict[str, Any]:
+    def _step_job(self, vplan: VariantPlan, i: int, chained: bool = False) -> dict[str, Any]:
+        """What the worker needs for step ``i``; ``chained``: its input is built by an
+        earlier step of the same job (the worker reads it once that step is done)."""
         plan = self.plan
         step = vplan.steps[i]
-        source = self._source_of(vplan, i)
+        if chained:
+            before = vplan.steps[i - 1].key
+            path = self.ctx.artifact_path(before)
+            source = Artifact(path, vplan.steps[i - 1].output_format, {"built_by": before})
+        else:
+            source = self._source_of(vplan, i)
         manifest = {
             "format": step.output_format,
             "key": step.key,
@@ -223,15 +244,20 @@ class Builder:
         resources: dict[str, float],
         slot: Slot,
     ) -> dict[str, StepResult]:
-        """Steps with one input run in one worker (the input is loaded once). If that worker
-        dies, each unfinished step is retried alone, so the failure lands on the right one."""
+        """Steps with one input, or a chain, run in one worker (the input is loaded once). If
+        that worker dies, each unfinished step is retried alone, so the failure lands on the
+        right one."""
+        keys = {vplan.steps[i].key for vplan, i in members}
         job = {
             "kind": "steps",
             "seed": self.ctx.config.seed,
             "calibration_path": str(self.ctx.calibration_rows)
             if self.ctx.calibration_rows
             else None,
-            "steps": [self._step_job(vplan, i) for vplan, i in members],
+            "steps": [
+                self._step_job(vplan, i, chained=i > 0 and vplan.steps[i - 1].key in keys)
+                for vplan, i in members
+            ],
             "resources": resources,
             **slot.job_fields(),
         }
@@ -252,7 +278,11 @@ class Builder:
             )
 
         outcome = self.executor.run(
-            job, f"build-{label}", self.ctx.config.step_timeout * len(members), progress
+            job,
+            f"build-{label}",
+            self.ctx.config.step_timeout * len(members),
+            progress,
+            claim=slot.claim,
         )
         reported = {line["key"]: line for line in outcome.lines()}
         full = next((line for line in reported.values() if line.get("disk_full")), None)
@@ -269,6 +299,11 @@ class Builder:
             step = vplan.steps[i]
             name = f"{vplan.spec.name}: {step.method}"
             line = reported.get(step.key)
+            before = results.get(vplan.steps[i - 1].key) if i else None
+            if line is None and before is not None and before[0] == "failed":
+                results[step.key] = ("failed", f"its input step failed: {before[1]}")
+                self.ctx.reporter.advance(name, "failed")
+                continue
             if (
                 line is not None
                 and line["ok"]

@@ -33,8 +33,8 @@ HOST_PID = "QUANTFORGE_HOST_PID"  # the worker dies with this process (see worke
 
 # "ASKS,GRANTS": the worker's pipe descriptors for asking this process for the whole
 # machine: it writes b"a" and reads back the cores as a JSON line; it writes b"r" when its
-# timed part is over and reads back, when it may go on, the cores to go on with (see
-# graph.MachineGate)
+# timed part is over, or b"p" at a point where it may wait (between steps), and reads back,
+# when it may go on, the cores to go on with (see graph.MachineGate)
 MACHINE_GATE = "QUANTFORGE_MACHINE_GATE"
 
 # what the libraries a worker loads read for their thread count
@@ -191,12 +191,13 @@ class _GateLine:
                     return None
                 self.held_since = time.time()
                 self._answer(json.dumps(list(cores)))
-            elif byte == ord("r"):
+            elif byte in (ord("r"), ord("p")):
                 held_since, self.held_since = self.held_since, None
-                if held_since is None:
-                    continue
                 left = max(0.0, deadline - time.perf_counter())
-                cores = self.claim.release(held_since, timeout=left)
+                if held_since is not None:
+                    cores = self.claim.release(held_since, timeout=left)
+                else:
+                    cores = self.claim.pause(timeout=left)
                 if cores is None:
                     return None
                 self._answer(json.dumps(list(cores)))

@@ -13,14 +13,15 @@ at the start, less a margin) and a cap on jobs in flight. With a cap of one job 
 runs on this thread, one job at a time, in the order the jobs were added.
 
 A job marked ``timed`` (a speed or peak-memory measurement) times something, and nothing
-may run beside that part. Where the scheduler hands out this machine's cores, such a job
-starts like any other and its slot carries a :class:`MachineClaim`: just before its timed
-part the job asks for the whole machine, the scheduler starts nothing new, and hands it
-every core once every other running job has finished or is itself waiting for the machine;
-the job gives it back after the timed part, and goes on once the jobs that asked for the
-machine meanwhile have had it (their timed parts run back to back while it waits). So a
-measurement's start-up, loading and untimed evaluators run beside other jobs and only the
-timed part runs alone. Where the
+may run beside that part. Where the scheduler hands out this machine's cores, every job's
+slot carries a :class:`MachineClaim`, and a timed job starts like any other. Just before
+its timed part it asks for the whole machine: the scheduler starts nothing new, and hands
+it every core once every other running job has finished or is waiting itself (for the
+machine, or at a pause point such as the step boundaries of a build). After the timed
+part it gives the machine back and goes on once the jobs that asked meanwhile have had
+their turn, so timed parts run back to back. A job that goes on after a pause gets its own
+cores and the idle ones that no waiting job can use. So a measurement's start-up, loading
+and untimed evaluators run beside other jobs and only the timed part runs alone. Where the
 executor places jobs itself (``Capacity.cores`` is ``None``) a timed job runs alone from
 start to end.
 """
@@ -238,6 +239,13 @@ class MachineClaim:
         )
         return self.gate.release(self.key, timeout)
 
+    def pause(self, timeout: float | None = None) -> tuple[int, ...] | None:
+        """A point where the job may wait: while another job waits for the machine or
+        holds it, this one counts as idle (it is, until this returns). Return the cores to
+        go on with: its own, and idle ones no waiting job can use; ``None`` as
+        :meth:`release`."""
+        return self.gate.release(self.key, timeout)
+
 
 class Scheduler:
     """Runs a graph of :class:`Job`; see the module docstring. ``abort`` is called when the
@@ -339,7 +347,7 @@ class Scheduler:
                         if not job.ready() or job.work is None:
                             finished.add(id(job))
                             break  # what it finished may make others ready: look again
-                        if job.timed and gate is not None and not slot.alone:
+                        if gate is not None and not slot.alone:
                             slot = replace(slot, claim=MachineClaim(gate, id(job), job.label))
                         for core in slot.cores:
                             free_cores.remove(core)

@@ -26,8 +26,9 @@ class Measurer:
     """Turns the measurements into jobs of the run's graph: the base's reference outputs per
     target, then each built variant on each measured target, each measurement cached by
     its key. The evaluation text's tokens come from a job of the same graph
-    (``tokenizing``, whose result ``tokens`` returns; ``None`` when they were ready
-    before), so keys that depend on them are worked out as the jobs run. A measurement
+    (``tokenizing``, whose result ``tokens`` returns), so keys that depend on them are
+    worked out as the jobs run; with no ``tokenizing`` job no evaluator reads them (size
+    alone) and the measurements name no dataset. A measurement
     with a timing-sensitive evaluator (speed, peak memory) is a ``timed`` job: its timed
     part runs with nothing beside it."""
 
@@ -37,7 +38,7 @@ class Measurer:
         executor: Executor,
         plan: Preflight,
         summary: RunSummary,
-        tokens: Callable[[], Path],
+        tokens: Callable[[], Path | None],
         tokenizing: Job | None = None,
     ) -> None:
         self.ctx = ctx
@@ -60,10 +61,18 @@ class Measurer:
 
     @property
     def fingerprint(self) -> str:
-        """The tokenized evaluation text's fingerprint (once it is tokenized)."""
+        """The tokenized evaluation text's fingerprint (once it is tokenized; ``""`` when
+        no evaluator reads it)."""
         if self._fingerprint is None:
-            self._fingerprint = str(json.loads(self.tokens().read_text())["fingerprint"])
+            path = self.tokens()
+            self._fingerprint = (
+                str(json.loads(path.read_text())["fingerprint"]) if path is not None else ""
+            )
         return self._fingerprint
+
+    def _tokens_path(self) -> str | None:
+        path = self.tokens()
+        return str(path) if path is not None else None
 
     def units(self) -> int:
         """Reference runs and measurements: units of the run's progress."""
@@ -170,7 +179,7 @@ class Measurer:
                     "artifact": {"path": str(self.plan.base.path), "format": "hf", "manifest": {}},
                     "producer": None,
                     "evaluators": todo,
-                    "tokens_path": str(self.tokens()),
+                    "tokens_path": self._tokens_path(),
                     "seed": self.ctx.config.seed,
                     "base_model": str(self.plan.base.path),
                     "resources": resources,
@@ -241,7 +250,7 @@ class Measurer:
                     },
                     "producer": vplan.producer,
                     "evaluators": specs,
-                    "tokens_path": str(self.tokens()),
+                    "tokens_path": self._tokens_path(),
                     "seed": self.ctx.config.seed,
                     "base_model": str(plan.base.path),
                     "cache_dir": str(self.ctx.cache_dir),  # the machine's bandwidth is kept there

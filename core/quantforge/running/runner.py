@@ -152,13 +152,15 @@ class Runner:
         )
 
     def add_jobs(self, scheduler: Scheduler, executor: Executor) -> int:
-        """Add the jobs that tokenize the evaluation text, build and measure; return how many
-        units of progress they are."""
+        """Add the jobs that tokenize the evaluation text (when an evaluator reads it), build
+        and measure; return how many units of progress they are."""
         assert self.plan and self.store and self.summary
         run_id = self.summary.run_id
-        tokenizing = scheduler.add(
-            self._preparation_job(executor, "tokenize", *self._tokenize_job(self.plan))
-        )
+        tokenizing = None
+        if any(e.needs_runtime or e.needs_reference for e, _, _ in self.plan.evaluators):
+            tokenizing = scheduler.add(
+                self._preparation_job(executor, "tokenize", *self._tokenize_job(self.plan))
+            )
         self.builder = Builder(self.ctx, executor, self.plan, self.summary)
         records = self.builder.add_jobs(
             scheduler, self.store, run_id, parallel=scheduler.capacity.max_jobs
@@ -169,8 +171,8 @@ class Runner:
         self.measurer.add_jobs(scheduler, self.store, run_id, records)
         return self.builder.units() + self.measurer.units()
 
-    def _tokens(self) -> Path:
-        assert self.tokens is not None, "the evaluation text is tokenized first"
+    def _tokens(self) -> Path | None:
+        """The tokenized evaluation text (``None``: no evaluator of the run reads it)."""
         return self.tokens
 
     def finish(self) -> RunSummary:

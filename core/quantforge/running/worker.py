@@ -57,14 +57,29 @@ def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         log=lambda msg: print(msg, flush=True),
     )
     progress_path = Path(job["progress_path"]) if job.get("progress_path") else None
+    failed: dict[str, str] = {}  # step key -> why (a later step of a chain may need it)
+    machine = Machine.from_environment()
     for step in job["steps"]:
+        if machine is not None:  # between steps: cores that went idle meanwhile are ours
+            cores = machine.pause()
+            use_cores(cores, len(cores))
         context.base_model = Path(step["base_path"]) if step.get("base_path") else None
         if progress_path is not None:
             context.report = _progress_writer(progress_path, step["key"], step["method"])
         method = plugins.methods.get(step["method"])
+        built_by = step["source"].get("manifest", {}).get("built_by")
+        if built_by in failed:  # a chain: the step before this one failed in this worker
+            why = f"its input step failed: {failed[built_by]}"
+            _append(result, {"key": step["key"], "ok": False, "error": why})
+            failed[step["key"]] = why
+            continue
         try:
             method.check_available()
-            source = _artifact(step["source"])
+            source = (
+                artifacts.read_artifact(Path(step["source"]["path"]))
+                if built_by
+                else _artifact(step["source"])
+            )
             with artifacts.building(Path(step["output"])) as tmp:
                 if isinstance(method, Quantizer):
                     method.quantize(source, step["options"], tmp, context)
@@ -76,6 +91,7 @@ def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
             # the result line first: on a full disk the traceback may not fit in the log
             error = explain(exc, job.get("memory_limit"))
             record = {"key": step["key"], "ok": False, "error": error}
+            failed[step["key"]] = error
             if is_disk_full(exc):
                 record["disk_full"] = True
             _append(result, record)
@@ -183,6 +199,12 @@ class Machine:
         os.write(self.asks, b"r")
         return [int(core) for core in json.loads(self._answer())]
 
+    def pause(self) -> list[int]:
+        """A point where this worker may wait (between steps): a timed part that waits for
+        the machine goes first. Return the cores to go on with."""
+        os.write(self.asks, b"p")
+        return [int(core) for core in json.loads(self._answer())]
+
     def _answer(self) -> bytes:
         answer = b""
         while not answer.endswith(b"\n"):
@@ -213,7 +235,11 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
     on the cores the host gives it then (its own, and idle ones)."""
     target = plugins.targets.get(job["target"])
     artifact = _artifact(job["artifact"])
-    tokens = json.loads(Path(job["tokens_path"]).read_text(encoding="utf-8"))
+    tokens: dict[str, Any] = (  # none when no evaluator reads them (size alone)
+        json.loads(Path(job["tokens_path"]).read_text(encoding="utf-8"))
+        if job.get("tokens_path")
+        else {"token_ids": [], "fingerprint": ""}
+    )
     evaluators = [(plugins.evaluators.get(e["name"]), e) for e in job["evaluators"]]
     evaluators.sort(key=lambda pair: pair[0].order)
     needs: list[str] = list(target.requires)
