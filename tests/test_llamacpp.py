@@ -153,3 +153,25 @@ def test_the_vocabulary_check_is_kept_by_the_content_of_config_and_tokenizer(
     )
     assert converter.vocab_problem(model) == "llama.cpp cannot load the converted vocabulary: x"
     assert len(checked) == 2 and len(list((tmp_path / "cache").rglob("vocab-checks/*.json"))) == 2
+
+
+def test_an_export_and_its_only_quantization_run_in_one_worker(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    done = quantforge(
+        "quantize", str(tiny_model), "-v", "llamacpp:q4_k_m", "--target", "llama.cpp",
+        "--evaluator", "size", "--out", str(out),
+        env={"QUANTFORGE_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "2 steps run, 0 cached" in done.stdout + done.stderr
+    (timeline,) = out.glob("logs/*/jobs.jsonl")
+    labels = [json.loads(line)["label"] for line in timeline.read_text().splitlines()]
+    builds = [label for label in labels if label.startswith("build ")]
+    assert builds == ["build llamacpp-q4_k_m: gguf, then llamacpp-q4_k_m: llamacpp"]
+    assert not any("tokenizing" in label for label in labels)  # size reads no tokens
+    data = json.loads(quantforge("results", str(out), "--json").stdout)
+    sizes = [m for m in data["measurements"] if m["metric"] == "size_mb"]
+    assert len(sizes) == 1 and 0 < sizes[0]["value"] < 10
+    assert sizes[0]["provenance"]["dataset_fingerprint"] == ""
