@@ -61,8 +61,7 @@ def run_steps(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
     machine = Machine.from_environment()
     for step in job["steps"]:
         if machine is not None:  # between steps: cores that went idle meanwhile are ours
-            cores = machine.pause()
-            use_cores(cores, len(cores))
+            use_cores(machine.pause())
         context.base_model = Path(step["base_path"]) if step.get("base_path") else None
         if progress_path is not None:
             context.report = _progress_writer(progress_path, step["key"], step["method"])
@@ -190,40 +189,39 @@ class Machine:
 
     def acquire(self) -> list[int]:
         """Wait until nothing else runs; return every core of the machine."""
-        os.write(self.asks, b"a")
-        return [int(core) for core in json.loads(self._answer())]
+        return self._ask(b"a")
 
     def release(self) -> list[int]:
         """Give the machine back; return, when the jobs that asked for it meanwhile have
         had it, the cores to run the rest on beside other jobs."""
-        os.write(self.asks, b"r")
-        return [int(core) for core in json.loads(self._answer())]
+        return self._ask(b"r")
 
     def pause(self) -> list[int]:
         """A point where this worker may wait (between steps): a timed part that waits for
         the machine goes first. Return the cores to go on with."""
-        os.write(self.asks, b"p")
-        return [int(core) for core in json.loads(self._answer())]
+        return self._ask(b"p")
 
-    def _answer(self) -> bytes:
+    def _ask(self, what: bytes) -> list[int]:
+        """Send ``what`` and wait for the host's answer: the cores, a JSON line."""
+        os.write(self.asks, what)
         answer = b""
         while not answer.endswith(b"\n"):
             chunk = os.read(self.grants, 4096)
             if not chunk:
                 raise SystemExit("the host stopped while this worker waited for the machine")
             answer += chunk
-        return answer
+        return [int(core) for core in json.loads(answer)]
 
 
-def use_cores(cores: list[int], threads: int) -> None:
-    """Run on ``cores`` with ``threads`` threads from now on: pinned, torch's pool resized
-    if torch is loaded, and the thread variables set for libraries loaded later."""
+def use_cores(cores: list[int]) -> None:
+    """Run on ``cores``, a thread each, from now on: pinned, torch's pool resized if torch
+    is loaded, and the thread variables set for libraries loaded later."""
     pin_cores(cores)
-    if threads:
+    if cores:
         for name in THREAD_VARIABLES:
-            os.environ[name] = str(threads)
+            os.environ[name] = str(len(cores))
         if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(threads)
+            sys.modules["torch"].set_num_threads(len(cores))
 
 
 def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
@@ -268,19 +266,12 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
     machine = Machine.from_environment()  # (taken from the environment either way)
     if not timed:
         machine = None
-
-    def take_the_machine() -> None:
-        nonlocal alone
-        assert machine is not None
-        cores = machine.acquire()
-        use_cores(cores, len(cores))
-        alone = True
-
     bandwidth = None
-    if timed and target.measured and job.get("cache_dir"):
+    kept_in = Path(job["cache_dir"]) if timed and target.measured and job.get("cache_dir") else None
+    if kept_in is not None:
         from quantforge.running.bandwidth import kept_bandwidth
 
-        bandwidth = kept_bandwidth(Path(job["cache_dir"]))
+        bandwidth = kept_bandwidth(kept_in)
     runtime = None
 
     def load() -> Runtime:
@@ -297,13 +288,15 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         context.baseline_rss_bytes = _rss()
         runtime = load()  # beside other jobs
     if machine is not None:
-        take_the_machine()
-        runtime = _with_threads(runtime, len(os.sched_getaffinity(0)), load)
-    if timed and target.measured and job.get("cache_dir") and bandwidth is None:
+        cores = machine.acquire()
+        use_cores(cores)
+        alone = True
+        runtime = _with_threads(runtime, len(cores), load)
+    if kept_in is not None and bandwidth is None:
         from quantforge.running.bandwidth import measure_apart
 
         # once per machine, alone, in a process of its own (this one's peak stays its own)
-        bandwidth = measure_apart(Path(job["cache_dir"]))
+        bandwidth = measure_apart(kept_in)
     if bandwidth is not None:
         context.memory_bandwidth = bandwidth.bytes_per_second
     measurements: list[dict[str, Any]] = []
@@ -341,7 +334,7 @@ def evaluate(plugins: Plugins, job: dict[str, Any], result: Path) -> None:
         if machine is not None and index == timed[-1]:
             cores = machine.release()  # the rest beside other jobs, on the cores given
             machine = None
-            use_cores(cores, len(cores))
+            use_cores(cores)
             if index + 1 < len(evaluators) and cores:
                 runtime = _with_threads(runtime, len(cores), load)
     env = provenance.environment(target.hardware(), needs)
