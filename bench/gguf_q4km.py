@@ -7,10 +7,10 @@ quantforge cache each time. quantforge's figure is the whole `quantforge quantiz
 command (preflight, worker processes, manifests, results store and the size
 measurement); the reference is `convert_hf_to_gguf.py` then `llama_model_quantize`
 in one fresh interpreter. A third figure is quantforge on a model it has seen before:
-a fresh cache that holds only what the cold run learnt about the model's vocabulary (the
-preflight check that llama.cpp can convert and load it, kept by the content of config and
-tokenizer), as on a user's second variant of the same model. Prints the medians and the
-ratios.
+a fresh cache that holds only what the cold run learnt about the model: its vocabulary
+(the preflight check that llama.cpp can convert and load it, kept by the content of
+config and tokenizer) and its files' digests (kept by path, size and mtime), as on a
+user's second variant of the same model. Prints the medians and the ratios.
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ def through_quantforge(
     script = shutil.which("quantforge") or str(Path(sys.executable).parent / "quantforge")
     argv = [script, "quantize", str(model), "-v", "llamacpp:q4_k_m", "--target", "llama.cpp"]
     argv += ["--evaluator", "size", "--out", str(work / "run")]
-    if seen is not None:
+    if seen is not None:  # what the cold run learnt about the model, not what it built
         checks = "llama.cpp/vocab-checks"
         shutil.copytree(seen / checks, work / "cache" / checks)
+        shutil.copy2(seen / "file-hashes.json", work / "cache" / "file-hashes.json")
     return _timed(argv, {**env, "QUANTFORGE_CACHE_DIR": str(work / "cache")})
 
 

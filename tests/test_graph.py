@@ -275,3 +275,33 @@ def test_a_job_going_on_after_its_timed_part_gets_the_cores_no_one_else_can_use(
     # "late" starts first, on a core of its own; the measurement goes on with the rest
     assert cores is not None and 1 in cores and set(spans["late"].cores).isdisjoint(cores)
     assert set(cores) | set(spans["late"].cores) == {0, 1, 2}
+
+
+def test_idle_cores_lent_at_a_pause_come_back_at_the_next_for_a_job_that_became_ready() -> None:
+    seen: list[tuple[int, ...]] = []
+
+    def reference(slot: Slot) -> None:  # scores windows, pausing between them
+        assert slot.claim is not None
+        seen.append(slot.cores)
+        end = time.perf_counter() + 1.5
+        while time.perf_counter() < end:
+            time.sleep(0.05)
+            cores = slot.claim.pause(timeout=10)
+            assert cores is not None
+            if cores != seen[-1]:
+                seen.append(cores)
+
+    scheduler = Scheduler(Capacity(max_jobs=3, cores=(0, 1, 2)))
+    scheduler.add(Job("reference", reference))
+    scheduler.add(Job("short", _sleeper(0.2)))
+    long = scheduler.add(Job("long", _sleeper(0.6)))
+    scheduler.add(Job("wide", _sleeper(0.2), after=[long], cpus=2))
+    scheduler.run()
+    spans = {s.label: s for s in scheduler.timeline}
+    # "short" ended and nothing could start: its core was lent to the reference ...
+    assert seen[0] == (0,) and (0, 1) in seen
+    # ... and came back at a pause once "wide" was ready, which ran beside the reference
+    assert spans["wide"].cores == (1, 2) and spans["wide"].ended < spans["reference"].ended
+    assert (0,) in seen[seen.index((0, 1)) :]
+    # and once "wide" was over, every idle core was lent again
+    assert seen[-1] == (0, 1, 2)

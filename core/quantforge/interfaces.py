@@ -528,6 +528,11 @@ class EvalContext:
         evaluators format prompts and read answers with it).
     :ivar memory_bandwidth: this machine's measured memory-read bandwidth in bytes/s (for
         a roofline), given to measurements with a timing-sensitive evaluator; else None.
+    :ivar pause: call it between units of long work (scoring windows, examples), never
+        inside a timed part. Where jobs run side by side the host may hold this measurement
+        there while another job's timed part runs alone, and it may go on with more or
+        fewer cores (the runtime is resized). Cheap: at most one real pause per half
+        second; a no-op where nothing runs beside.
     """
 
     token_ids: Sequence[int]
@@ -538,6 +543,7 @@ class EvalContext:
     base_model: Path | None = None
     memory_bandwidth: float | None = None
     memo: dict[Any, Any] = field(default_factory=dict)
+    pause: Callable[[], None] = field(default=lambda: None, compare=False)
 
     def remember(self, key: Any, factory: Callable[[], Any]) -> Any:
         if key not in self.memo:

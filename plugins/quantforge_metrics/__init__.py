@@ -167,6 +167,7 @@ def _scored(runtime: Runtime, options: Mapping[str, OptionValue], context: EvalC
             int(options["window"]),
             int(options["stride"]),
             int(options["max_tokens"]),
+            context.pause,
         ),
     )
 

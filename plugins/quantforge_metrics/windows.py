@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +39,20 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int
 
 
 def scored_logprobs(
-    runtime: Runtime, token_ids: Sequence[int], window: int, stride: int, max_tokens: int
+    runtime: Runtime,
+    token_ids: Sequence[int],
+    window: int,
+    stride: int,
+    max_tokens: int,
+    pause: Callable[[], None] = lambda: None,
 ) -> Scored:
+    """Score every window; ``pause`` (:attr:`EvalContext.pause`) is called between them."""
     ids = list(token_ids[:max_tokens])
     if len(ids) < 2:
         raise ValueError("evaluation text has fewer than 2 tokens")
     chunks, targets = [], []
     for begin, end, first in windows(len(ids), window, stride):
+        pause()
         logits = runtime.logits(ids[begin:end])  # position i predicts token i + 1
         lp = torch.log_softmax(logits.float(), dim=-1)
         chunks.append(lp[first - 1 - begin : end - 1 - begin])

@@ -91,7 +91,11 @@ class GenerativeTask(Evaluator):
         cases, problems = self.load(self.cases_path(options), options)
         if int(options["limit"]):
             cases = cases[: int(options["limit"])]
-        return [self.answer(runtime, tokenizer, case, options) for case in cases], problems
+        results = []
+        for case in cases:
+            context.pause()  # between examples: see EvalContext.pause
+            results.append(self.answer(runtime, tokenizer, case, options))
+        return results, problems
 
     def prepare_reference(
         self,

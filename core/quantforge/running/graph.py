@@ -17,10 +17,11 @@ may run beside that part. Where the scheduler hands out this machine's cores, ev
 slot carries a :class:`MachineClaim`, and a timed job starts like any other. Just before
 its timed part it asks for the whole machine: the scheduler starts nothing new, and hands
 it every core once every other running job has finished or is waiting itself (for the
-machine, or at a pause point such as the step boundaries of a build). After the timed
-part it gives the machine back and goes on once the jobs that asked meanwhile have had
-their turn, so timed parts run back to back. A job that goes on after a pause gets its own
-cores and the idle ones that no waiting job can use. So a measurement's start-up, loading
+machine, or at a pause point: the step boundaries of a build, the scoring windows of an
+evaluator). After the timed part it gives the machine back and goes on once the jobs that
+asked meanwhile have had their turn, so timed parts run back to back. A job that goes on
+after a pause gets its own cores and, lent until its next pause, the idle ones that no
+waiting job can use. So a measurement's start-up, loading
 and untimed evaluators run beside other jobs and only the timed part runs alone. Where the
 executor places jobs itself (``Capacity.cores`` is ``None``) a timed job runs alone from
 start to end.
@@ -147,7 +148,9 @@ class MachineGate:
         with self._changed:
             if self._holder is not None or not self._wanting:
                 return
-            if running - set(self._wanting) - set(self._resuming):
+            # a job told to go on (its cores set) may not have woken yet: it is at work
+            paused = {key for key, cores in self._resuming.items() if cores is None}
+            if running - set(self._wanting) - paused:
                 return  # something is still at work
             self._holder = self._wanting.pop(0)
             self._changed.notify_all()
@@ -314,6 +317,7 @@ class Scheduler:
         finished: set[int] = set()
         running: dict[int, tuple[Job, Slot, float]] = {}
         free_cores = list(self.capacity.cores or ())
+        lent: dict[int, tuple[int, ...]] = {}  # idle cores a running job goes on with
         free_memory = self.capacity.memory
         # (job, result, error); (None, None, None) when the machine gate changed
         events: queue.Queue[tuple[Job | None, Any, BaseException | None]] = queue.Queue()
@@ -363,7 +367,8 @@ class Scheduler:
                             break
                 if gate is not None:
                     gate.grant(set(running))
-                    self._resume(gate, running, free_cores, waiting, finished)
+                    if self._resume(gate, running, lent, free_cores, waiting, finished):
+                        continue  # lent cores came back for a job that is ready: start it
                 if not running:
                     if waiting:  # pragma: no cover - every job fits an idle machine
                         raise RuntimeError(f"{waiting[0].label} cannot start on an idle machine")
@@ -372,6 +377,7 @@ class Scheduler:
                 if ended is None:
                     continue  # a job asked for the machine or gave it back
                 job, slot, started = running.pop(id(ended))
+                lent.pop(id(job), None)  # in slot.cores: freed with them
                 if gate is not None:
                     gate.forget(id(job))
                 free_cores.extend(slot.cores)
@@ -399,26 +405,42 @@ class Scheduler:
         self,
         gate: MachineGate,
         running: dict[int, tuple[Job, Slot, float]],
+        lent: dict[int, tuple[int, ...]],
         free_cores: list[int],
         waiting: list[Job],
         finished: set[int],
-    ) -> None:
-        """Let the jobs that gave the machine back go on: on their own cores, and on the
-        idle ones too when no waiting job could start on them (the last measurements of a
-        run would otherwise leave cores idle to the end)."""
+    ) -> bool:
+        """Let the jobs that paused or gave the machine back go on: on their own cores, and
+        on the idle ones too while no waiting job could start on them (the last jobs of a
+        run would otherwise leave cores idle to the end). Idle cores are lent from one pause
+        to the next: at each pause they come back, and a job that became ready meanwhile
+        starts on them. True when cores came back for such a job."""
         keys = gate.resumable()
         if not keys:
-            return
+            return False
+        returned = False
+        for key in keys:
+            back = lent.pop(key, ())
+            if back:
+                job, slot, started = running[key]
+                own = tuple(core for core in slot.cores if core not in back)
+                running[key] = (job, replace(slot, cores=own, threads=len(own)), started)
+                free_cores.extend(back)
+                returned = True
+        free_cores.sort()
         ready = any(j.work is not None and all(id(a) in finished for a in j.after) for j in waiting)
         spare = [] if ready else list(free_cores)
         for n, key in enumerate(keys):
             job, slot, started = running[key]
-            extra = spare[n :: len(keys)]
+            extra = tuple(spare[n :: len(keys)])
             for core in extra:
                 free_cores.remove(core)
+            if extra:
+                lent[key] = extra
             cores = tuple(sorted((*slot.cores, *extra)))
             running[key] = (job, replace(slot, cores=cores, threads=len(cores)), started)
             gate.resume(key, cores)
+        return returned and ready
 
     def _memory(self, job: Job) -> int:
         """A job bigger than the whole budget still runs, alone in memory."""

@@ -185,7 +185,9 @@ class Measurer:
                     "resources": resources,
                     **slot.job_fields(),
                 }
-                outcome = self.executor.run(job, f"reference-{rname}", self.ctx.config.step_timeout)
+                outcome = self.executor.run(
+                    job, f"reference-{rname}", self.ctx.config.step_timeout, claim=slot.claim
+                )
             if outcome.failure:
                 return (
                     f"reference run on {rname} failed: {outcome.failure} (log: {outcome.log_path})"
