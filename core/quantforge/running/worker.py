@@ -439,6 +439,14 @@ def limit_memory(limit: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def start_on(cores: list[int] | None) -> None:
+    """Pin this fresh worker to ``cores`` before it imports its libraries, in a way that
+    lets it use more cores later (:func:`use_cores`)."""
+    if cores:
+        load_openmp()
+    pin_cores(cores)
+
+
 def load_openmp() -> None:
     """Load the OpenMP runtime this job's libraries use before the worker pins itself.
 
@@ -528,9 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     limit_memory(job.get("memory_limit"))  # before the job imports its libraries
-    if job.get("cores"):
-        load_openmp()
-    pin_cores(job.get("cores"))
+    start_on(job.get("cores"))
     return run_job(job, Path(args[1]))
 
 
