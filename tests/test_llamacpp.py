@@ -119,6 +119,16 @@ def test_widths_a_k_quant_cannot_take_fall_back_and_are_reported(tmp_path: Path)
     assert all(f["used"] != f["wanted"] for f in fallbacks)
     log = "\n".join(p.read_text() for p in (out / "logs").rglob("*.log"))
     assert "blk.0.ffn_down.weight has 320 columns, not a multiple of 256" in log
+    # the tensor types read from llama.cpp's log are those of the file read back
+    from quantforge_llamacpp.quantize import gguf_facts, tensor_types_said
+
+    written = out / "variants" / "llamacpp-q4_k_m" / "model.gguf"
+    in_file = gguf_facts(written, converter_dir() / "gguf-py")["tensor_types"]
+    assert tensor_types_said(log.splitlines()) == in_file
+    assert in_file["blk.0.ffn_down.weight"] == fallbacks[0]["used"].upper()
+    assert set(precision["modules"]) == {
+        n for n, t in in_file.items() if t != "F32" and not n.endswith("norm.weight")
+    }
 
 
 def test_a_missing_llama_cpp_build_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -207,7 +207,7 @@ class LlamaCppQuantizer(Quantizer):
                 f"llamacpp: {fb['tensor']} has {fb['columns']} columns, not a multiple of "
                 f"{fb['block']}: stored as {fb['used']} instead of {fb['wanted']}"
             )
-        types = gguf_facts(output / GGUF_FILE, gguf_py)["tensor_types"]
+        types = report["tensor_types"] or gguf_facts(output / GGUF_FILE, gguf_py)["tensor_types"]
         write_json(
             output / "quantforge-precision.json",
             {

@@ -170,7 +170,35 @@ def quantize_gguf(
         for m in (_FALLBACK.search(line) for line in log.lines)
         if m
     ]
-    return {"type": qtype, "imatrix": bool(imatrix), "fallbacks": fallbacks}
+    return {
+        "type": qtype,
+        "imatrix": bool(imatrix),
+        "fallbacks": fallbacks,
+        "tensor_types": tensor_types_said(log.lines),
+    }
+
+
+# llama.cpp's line per tensor as it writes it: "[  2/ 272] token_embd.weight - [ 576,
+# 49152, 1, 1], type = f16, converting to q8_0 .. size = ..." (or "size = ..." as it was)
+_TENSOR_LINE = re.compile(
+    r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)\s+-\s+\[[^\]]*\],\s+type =\s+(\w+),"
+    r"\s+(?:converting to\s+(\w+)|size)"
+)
+
+
+def tensor_types_said(lines: list[str]) -> dict[str, str] | None:
+    """Each tensor's type in the file llama.cpp wrote (``Q4_K``, ``F32``: gguf-py's names),
+    read from its log, which names every tensor: reading the file back with gguf-py takes
+    seconds on a real vocabulary. ``None`` when the log does not name every tensor (a
+    llama.cpp that words it otherwise): read the file then (:func:`gguf_facts`)."""
+    types: dict[str, str] = {}
+    total = None
+    for line in lines:
+        m = _TENSOR_LINE.match(line.strip())
+        if m:
+            total = int(m[2])
+            types[m[3]] = (m[5] or m[4]).upper()
+    return types if types and len(types) == total else None
 
 
 def gguf_facts(path: Path, gguf_py: Path) -> dict[str, Any]:
