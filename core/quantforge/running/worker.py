@@ -461,18 +461,17 @@ def load_openmp() -> None:
     import importlib.util
 
     spec = importlib.util.find_spec("torch")  # torch ships its own, which it loads first
-    found = [
-        *(
-            sorted(Path(spec.origin).parent.glob("lib/libgomp*.so*"))
-            if spec and spec.origin
-            else []
-        ),
-        ctypes.util.find_library("gomp"),
-    ]
+    found: list[str | None] = (
+        [str(p) for p in sorted(Path(spec.origin).parent.glob("lib/libgomp*.so*"))]
+        if spec and spec.origin
+        else []
+    )
+    if not found:  # the system's (it runs ldconfig: only when torch has none)
+        found = [ctypes.util.find_library("gomp")]
     for library in found:
         if library:
             with contextlib.suppress(OSError):
-                ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+                ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
                 return
 
 
