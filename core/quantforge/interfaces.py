@@ -231,6 +231,7 @@ class Step(Component):
         does not divide (:func:`fitting_group_size`); a size the user writes never does.
     :cvar ends_process_on_error: its library may end the interpreter; it always runs in a
         worker process.
+    :cvar card_library: the Hub's ``library_name`` for cards of the variants it makes last.
     """
 
     input_format: ClassVar[str] = "hf"
@@ -241,6 +242,9 @@ class Step(Component):
     # its library ends the interpreter on an error (GPTQModel's worker threads call os._exit):
     # even the inline executor runs it in a worker process of its own
     ends_process_on_error: ClassVar[bool] = False
+    # the Hub's ``library_name`` (and a tag) for cards of the variants it makes last; ``None``:
+    # the host's name for the format family
+    card_library: ClassVar[str | None] = None
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         """Refuse, before any compute, a model this step cannot process with these options.
@@ -269,6 +273,13 @@ class Step(Component):
     def supported_architectures(self) -> frozenset[str] | None:
         """``model_type`` values it can process (``None``: any); may read its library's tables."""
         return self.architectures
+
+    def card_usage(self, repo_id: str, revision: str | None) -> str | None:
+        """The Markdown of the "Usage" section of the model card of a variant this step made
+        last: how its runtime loads ``repo_id`` (at ``revision``, a branch, when not ``None``)
+        and runs it. ``None`` (the default) leaves the host's snippet for the format family.
+        """
+        return None
 
 
 class Quantizer(Step):

@@ -9,10 +9,11 @@ written "not measured".
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantforge.publishing.card_data import (
     CARD_METRICS,
@@ -38,6 +39,12 @@ from quantforge.publishing.repo_names import (
 )
 from quantforge.store.facts import RunFacts, Variant
 from quantforge.store.table import COLUMNS, title
+
+if TYPE_CHECKING:
+    from quantforge.interfaces import Exporter, Quantizer, Step
+    from quantforge.plugins.registry import Registry
+
+    Method = Quantizer | Exporter
 
 TEMPLATES = Path(__file__).parent / "card_templates"
 
@@ -85,7 +92,9 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
 
     variant = facts.variant(name)
     base_id = options.base_model
-    tags = ["quantforge", variant.family]
+    step = producing_step(variant)
+    library = (step.card_library if step else None) or LIBRARY.get(variant.family, variant.family)
+    tags = ["quantforge", variant.family, *([library] if step and step.card_library else [])]
     if variant.spec.get("method"):
         tags.append(str(variant.spec["method"]))
     nominal = nominal_bits(variant)
@@ -94,7 +103,7 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
     if variant.spec.get("preset"):
         tags.append(str(variant.spec["preset"]))
     metadata: dict[str, Any] = {
-        "library_name": LIBRARY.get(variant.family, variant.family),
+        "library_name": library,
         "tags": sorted(set(tags), key=tags.index),
         **hub_metadata(facts, options, quantized=name != "base"),
     }
@@ -132,6 +141,7 @@ def variant_card(facts: RunFacts, name: str, options: CardOptions) -> Any:
             variant,
             options.repo_ids.get(name) or f"<namespace>/{name}",
             options.revisions.get(name),
+            step,
         ),
         provenance=provenance(facts, name),
         command=reproduce_command(facts, variant),
@@ -236,8 +246,28 @@ def gguf_card(
     )
 
 
-def usage(variant: Variant, repo_id: str, revision: str | None = None) -> dict[str, str]:
-    """Snippets for the runtime that runs this format (rendered by the template)."""
+def producing_step(variant: Variant) -> Step | None:
+    """The installed plugin step that made ``variant`` last (``None`` for the base, or when
+    its plugin is not installed here): it may write the card's usage and library name."""
+    method = variant.steps[-1].get("method") if variant.steps else None
+    if not isinstance(method, str):
+        return None
+    methods = _installed_methods()
+    return methods.get(method) if method in methods else None
+
+
+@functools.cache
+def _installed_methods() -> Registry[Method]:
+    from quantforge.plugins.manager import load_plugins
+
+    return load_plugins().methods
+
+
+def usage(
+    variant: Variant, repo_id: str, revision: str | None = None, step: Step | None = None
+) -> dict[str, str]:
+    """Snippets for the runtime that runs this format (rendered by the template); the
+    producing step's own Markdown when it writes one (:meth:`Step.card_usage`)."""
     gguf_type = str((variant.precision or {}).get("type", "")) or "F16"
     return {
         "family": variant.family,
@@ -245,6 +275,7 @@ def usage(variant: Variant, repo_id: str, revision: str | None = None) -> dict[s
         "gguf_type": gguf_type,
         # extra arguments for from_pretrained / snapshot_download when the variant is a branch
         "rev": f', revision="{revision}"' if revision else "",
+        "custom": (step.card_usage(repo_id, revision) if step else None) or "",
     }
 
 

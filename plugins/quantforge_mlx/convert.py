@@ -1,0 +1,316 @@
+"""HF -> MLX and MLX -> quantized MLX with mlx-lm's own loading, quantizing and saving.
+
+The folders are what ``mlx_lm.load`` reads: ``model.safetensors`` (+ index) in MLX's
+layout, ``config.json`` with a ``quantization`` entry (per layer where layers differ), and
+the base's tokenizer files. Files a model ships as code (``*.py``) are never copied:
+mlx-lm's own ``save`` would copy them, so these functions write the folder themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from quantforge.errors import UnsupportedModelError, UsageError
+from quantforge.interfaces import fitting_group_size
+from quantforge.model.artifacts import PRECISION_FILE, TOKENIZER_FILES, copy_files
+
+from quantforge_mlx.library import import_mlx
+
+SIDE_FILES = (*TOKENIZER_FILES, "chat_template.jinja", "generation_config.json")
+DTYPES = ("float32", "float16", "bfloat16")
+# group sizes MLX's affine kernels take, and the fixed group of each floating-point mode
+AFFINE_GROUPS = (32, 64, 128)
+MODE_GROUP = {"mxfp4": 32, "nvfp4": 16, "mxfp8": 32}
+MODE_BITS = {"mxfp4": 4, "nvfp4": 4, "mxfp8": 8}
+RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
+
+
+def recipe_bits(recipe: str) -> int:
+    """The low width of one of mlx-lm's mixed recipes (``mixed_3_6``: 3)."""
+    return int(recipe.split("_")[1])
+
+
+def supported_model_types() -> frozenset[str]:
+    """``model_type`` values mlx-lm has a model for (its modules, and the types it maps)."""
+    import importlib.util
+
+    import_mlx()
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    spec = importlib.util.find_spec("mlx_lm.models")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    names = {p.stem for folder in folders for p in Path(folder).glob("*.py")}
+    return frozenset(names | set(MODEL_REMAPPING))
+
+
+def legacy_rope_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The rotary-embedding keys mlx-lm's model classes read, from transformers 5's
+    ``rope_parameters``.
+
+    transformers 5 writes ``rope_theta`` (and the scaling, and the rotated share) only inside
+    ``rope_parameters``; mlx-lm 0.32's Llama, Qwen, Gemma ... read a top-level ``rope_theta``
+    and fall back to a default (10,000) when it is absent, so SmolLM2 (100,000) would load
+    without an error and compute another model. GPT-NeoX's class requires
+    ``rotary_emb_base`` and ``rotary_pct``. Keys the config already has are kept."""
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return {}
+    keys: dict[str, Any] = {}
+    if "rope_theta" not in rope and rope and all(isinstance(v, dict) for v in rope.values()):
+        # one entry per attention kind (Gemma 3: full and sliding)
+        local = rope.get("sliding_attention") or {}
+        if "rope_theta" in local:
+            keys["rope_local_base_freq"] = local["rope_theta"]
+        rope = rope.get("full_attention") or next(iter(rope.values()))
+    if "rope_theta" in rope:
+        keys["rope_theta"] = rope["rope_theta"]
+    kind = rope.get("rope_type", "default")
+    if kind != "default":
+        keys["rope_scaling"] = {**rope, "type": kind, "rope_type": kind}
+    if "partial_rotary_factor" in rope:
+        keys["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    if config.get("model_type") == "gpt_neox":
+        keys["rotary_emb_base"] = keys.get("rope_theta", 10000)
+        keys["rotary_pct"] = keys.get(
+            "partial_rotary_factor", config.get("partial_rotary_factor", 1.0)
+        )
+    return {k: v for k, v in keys.items() if k not in config}
+
+
+def _load(folder: Path) -> tuple[Any, dict[str, Any]]:
+    import_mlx()
+    from mlx_lm.utils import load_model
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    try:
+        return load_model(
+            folder, lazy=True, model_config=legacy_rope_keys(config), trust_remote_code=False
+        )
+    except ValueError as exc:
+        raise UnsupportedModelError(f"mlx-lm cannot load {folder.name}: {exc}") from None
+
+
+def _save(model: Any, config: dict[str, Any], source: Path, output: Path) -> None:
+    from mlx_lm.utils import save_config, save_model
+
+    output.mkdir(parents=True, exist_ok=True)
+    save_model(output, model, donate_model=True)
+    save_config(config, config_path=output / "config.json")
+    copy_files(source, output, SIDE_FILES)
+
+
+def export(source: Path, output: Path, dtype: str) -> dict[str, Any]:
+    """Write ``source`` (an HF folder) as an MLX folder with floating weights in ``dtype``."""
+    mx = import_mlx()
+    from mlx.utils import tree_map_with_path
+
+    model, config = _load(source)
+    target = getattr(mx, dtype)
+    keep = getattr(model, "cast_predicate", lambda _: True)
+
+    def cast(path: str, value: Any) -> Any:
+        if keep(path) and mx.issubdtype(value.dtype, mx.floating):
+            return value.astype(target)
+        return value
+
+    model.update(tree_map_with_path(cast, model.parameters()))
+    config["torch_dtype"] = dtype
+    _save(model, config, source, output)
+    return {"dtype": dtype, "model_type": config.get("model_type")}
+
+
+def _quantizable(model: Any) -> list[tuple[str, Any]]:
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    leaves = tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
+    return [(path, m) for path, m in leaves if hasattr(m, "to_quantized")]
+
+
+def _plan(
+    model: Any,
+    *,
+    bits: int,
+    group_size: int,
+    falls_back: bool,
+    mode: str,
+    recipe: str,
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """Each quantizable layer's parameters (``{}`` for none: it stays in float) and the
+    group sizes that fell back, by layer."""
+    chosen: Callable[[str, Any], Any] = lambda path, module: True  # noqa: E731
+    if recipe:
+        from mlx_lm.convert import mixed_quant_predicate_builder
+
+        try:
+            chosen = mixed_quant_predicate_builder(recipe, model, group_size)
+        except ValueError as exc:
+            raise UnsupportedModelError(f"mlx-lm: recipe {recipe}: {exc}") from None
+    plan: dict[str, dict[str, Any]] = {}
+    fallbacks: dict[str, int] = {}
+    for path, module in _quantizable(model):
+        params = chosen(path, module)
+        if params is False:
+            plan[path] = {}
+            continue
+        wanted = dict(params) if isinstance(params, dict) else {}
+        wanted.setdefault("bits", bits)
+        wanted.setdefault("group_size", group_size)
+        wanted.setdefault("mode", mode)
+        width = int(module.weight.shape[-1])
+        size = int(wanted["group_size"])
+        if width % size:
+            fitted = fitting_group_size(width, size) if falls_back else None
+            if fitted is None or fitted not in AFFINE_GROUPS or mode != "affine":
+                plan[path] = {}  # stays in float, as mlx-lm leaves it
+                fallbacks[path] = 0
+                continue
+            wanted["group_size"] = fitted
+            fallbacks[path] = fitted
+        plan[path] = wanted
+    return plan, fallbacks
+
+
+def _config_with(
+    config: dict[str, Any], default: dict[str, Any], layers: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """``config`` with mlx-lm's ``quantization`` entry: the default, then each layer that
+    differs from it (``false`` for a layer left in float)."""
+    quantization: dict[str, Any] = dict(default)
+    for path, params in layers.items():
+        if not params:
+            quantization[path] = False
+        elif any(params.get(k) != default.get(k) for k in ("bits", "group_size", "mode")):
+            quantization[path] = dict(params)
+    config = dict(config)
+    config["quantization"] = quantization
+    config["quantization_config"] = quantization
+    return config
+
+
+def _layer_params(model: Any) -> dict[str, dict[str, Any]]:
+    """What each quantizable-or-quantized layer ended as (``{}``: float)."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    layers: dict[str, dict[str, Any]] = {}
+    for path, module in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+        if hasattr(module, "bits") and hasattr(module, "group_size"):
+            layers[path] = {
+                "bits": int(module.bits),
+                "group_size": int(module.group_size),
+                "mode": str(getattr(module, "mode", "affine")),
+            }
+        elif hasattr(module, "to_quantized"):
+            layers[path] = {}
+    return layers
+
+
+def quantize(
+    source: Path,
+    output: Path,
+    *,
+    bits: int,
+    group_size: int,
+    falls_back: bool,
+    mode: str,
+    recipe: str,
+    algorithm: str,
+    samples: Sequence[Sequence[int]] | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Quantize the MLX folder ``source`` into ``output``; return what each layer got."""
+    mx = import_mlx()
+    import mlx.nn as nn
+
+    model, config = _load(source)
+    if "quantization" in config:
+        raise UsageError(
+            f"{source.name} is already quantized",
+            hint="quantize the float MLX export (the `mlx` exporter)",
+        )
+    if mode != "affine":
+        group_size, bits = MODE_GROUP[mode], MODE_BITS[mode]
+    if recipe:
+        bits = recipe_bits(recipe)
+    default = {"group_size": group_size, "bits": bits, "mode": mode}
+    fallbacks: dict[str, int] = {}
+    if algorithm == "rtn":
+        plan, fallbacks = _plan(
+            model, bits=bits, group_size=group_size, falls_back=falls_back, mode=mode, recipe=recipe
+        )
+
+        def predicate(path: str, module: Any) -> Any:
+            params = plan.get(path)
+            return dict(params) if params else False
+
+        nn.quantize(model, group_size, bits, mode=mode, class_predicate=predicate)
+    else:
+        if not samples:
+            raise UsageError(f"mlx-lm: {algorithm} needs calibration rows (--calibration)")
+        data = mx.array([list(row) for row in samples])
+        mx.random.seed(0)
+        if algorithm == "awq":
+            from mlx_lm.quant.awq import AWQ_MODEL_CONFIGS, awq_quantize
+
+            awq_config = AWQ_MODEL_CONFIGS.get(str(config.get("model_type")))
+            if awq_config is None:
+                raise UnsupportedModelError(
+                    f"mlx-lm has no AWQ recipe for {config.get('model_type')!r} models"
+                )
+            awq_quantize(model, data, awq_config, group_size=group_size, bits=bits)
+        elif algorithm == "gptq":
+            from mlx_lm.quant.gptq import gptq_quantize
+
+            model, _ = gptq_quantize(
+                model, data, bits, group_size, fallback_bits=8, fallback_group_size=group_size
+            )
+        else:  # pragma: no cover - options restrict the choices
+            raise UsageError(f"mlx-lm: unknown algorithm {algorithm!r}")
+    layers = _layer_params(model)
+    config = _config_with(config, default, layers)
+    mx.eval(model.parameters())
+    from mlx_lm.utils import compute_bits_per_weight
+
+    bpw = float(compute_bits_per_weight(model))
+    _save(model, config, source, output)
+    return {"default": default, "layers": layers, "fallbacks": fallbacks, "bits_per_weight": bpw}
+
+
+def precision_report(report: dict[str, Any], requested_group: int) -> dict[str, Any]:
+    """``quantforge-precision.json``: bits by layer, and where the group size fell back."""
+    layers: dict[str, dict[str, Any]] = report["layers"]
+    modules = {path: (p["bits"] if p else "float") for path, p in layers.items()}
+    precision: dict[str, Any] = {
+        "default_bits": report["default"]["bits"],
+        "mode": report["default"]["mode"],
+        "group_size": report["default"]["group_size"],
+        "bits_per_weight": round(report["bits_per_weight"], 4),
+        "modules": modules,
+    }
+    fallbacks: dict[str, int] = report["fallbacks"]
+    if fallbacks:
+        fitted = {p: s for p, s in fallbacks.items() if s}
+        floats = sorted(p for p, s in fallbacks.items() if not s)
+        if fitted:
+            precision["group_sizes"] = fitted
+        parts = []
+        if fitted:
+            parts.append(
+                f"group size {requested_group} does not divide {len(fitted)} weights' width: "
+                "those use the largest group MLX takes that does"
+            )
+        if floats:
+            parts.append(
+                f"{len(floats)} weights have a width no MLX group size divides and stay in "
+                f"float ({', '.join(floats[:3])}{', ...' if len(floats) > 3 else ''})"
+            )
+        precision["fallback"] = "; ".join(parts)
+    return precision
+
+
+def write_precision(output: Path, precision: dict[str, Any]) -> None:
+    (output / PRECISION_FILE).write_text(json.dumps(precision, indent=2), encoding="utf-8")
