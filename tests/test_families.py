@@ -54,11 +54,13 @@ MATRIX = [
     "ort:int8",
     "ort:int4",
     "nncf:int8",
+    "mlx-lm:8bit",
+    "mlx-lm:4bit",
 ]
 EIGHT_BIT = {"rtn:int8", "bnb:int8", "gptq:int8", "quanto:int8", "hqq:int8", "torchao:int8"}
-EIGHT_BIT |= {"llamacpp:q8_0", "ort:int8", "nncf:int8"}
+EIGHT_BIT |= {"llamacpp:q8_0", "ort:int8", "nncf:int8", "mlx-lm:8bit"}
 KL_LIMIT_8BIT = 0.05
-TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino"]
+TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino", "mlx"]
 # QUANTFORGE_FAMILIES=all (or a comma-separated list of families): the whole matrix on them
 CHOSEN = os.environ.get("QUANTFORGE_FAMILIES", "")
 FULL_ON = set(FAMILIES) if CHOSEN == "all" else {f for f in CHOSEN.split(",") if f}
@@ -66,16 +68,33 @@ FULL_ON = set(FAMILIES) if CHOSEN == "all" else {f for f in CHOSEN.split(",") if
 # methods on every family (a load, a quantize, a reload and a measurement each); HQQ and
 # torchao on one family per block layout (Llama, GPT-NeoX, whose blocks are elsewhere, and
 # the MoE, which both refuse); llama.cpp on one family per converter path and tokenizer
-# kind; and the cells that broke before this matrix existed (sliding windows and
-# soft-capping, fused projections, an exporter that lacks a family, mixture-of-experts).
+# kind; the cells that broke before this matrix existed (sliding windows and
+# soft-capping, fused projections, an exporter that lacks a family, mixture-of-experts);
+# and MLX where transformers 5's configs differ from what mlx-lm reads (GPT-NeoX's rotary
+# keys, Qwen3-MoE's expert count, Gemma 3's layer pattern).
 EVERY_FAMILY = ["rtn:int8", "bnb:nf4"]
 SOME_FAMILIES = {
-    "llama": ["hqq:int8", "torchao:int8", "llamacpp:q8_0"],
+    "llama": ["hqq:int8", "torchao:int8", "llamacpp:q8_0", "mlx-lm:4bit"],
     "qwen2": ["llamacpp:q8_0"],
     "gemma2": ["llamacpp:q8_0", "awq:int4", "ort:int8", "nncf:int8"],
     "phi3": ["llamacpp:q8_0", "gptq:int4", "awq:int4", "ort:int8"],
-    "gpt_neox": ["hqq:int8", "torchao:int8", "llamacpp:q8_0", "ort:int8", "nncf:int8"],
-    "qwen3_moe": ["hqq:int8", "torchao:int8", "llamacpp:q8_0", "gptq:int4", "nncf:int8"],
+    "gemma3": ["mlx-lm:8bit"],
+    "gpt_neox": [
+        "hqq:int8",
+        "torchao:int8",
+        "llamacpp:q8_0",
+        "ort:int8",
+        "nncf:int8",
+        "mlx-lm:8bit",
+    ],
+    "qwen3_moe": [
+        "hqq:int8",
+        "torchao:int8",
+        "llamacpp:q8_0",
+        "gptq:int4",
+        "nncf:int8",
+        "mlx-lm:8bit",
+    ],
 }
 CI_CELLS = {
     name: MATRIX if name in FULL_ON else EVERY_FAMILY + SOME_FAMILIES.get(name, [])

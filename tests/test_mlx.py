@@ -221,3 +221,35 @@ def test_the_real_model_converts_quantizes_and_measures_on_mlx(
     assert q4["decode_tps"] > 0
     config = json.loads((out / "variants" / "mlx-lm-4bit" / "config.json").read_text())
     assert config["tie_word_embeddings"] is True and config["quantization"]["group_size"] == 64
+
+
+def test_a_gemma3_with_full_attention_every_third_layer_matches_the_hf_base(
+    tmp_path: Path,
+) -> None:
+    """transformers 5 writes Gemma 3's layer pattern as ``layer_types``; mlx-lm's class
+    reads ``sliding_window_pattern`` (default 6) and the export writes it. Here the pattern
+    is 3, so a default would put full attention on the wrong layers; the window (32) is
+    shorter than the scored windows (128), so sliding attention is exercised."""
+    import torch
+    from quantforge.testing.families import family_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    family = family_model("gemma3")
+    config = AutoConfig.from_pretrained(family)
+    config.num_hidden_layers = 6
+    config.layer_types = ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    config.sliding_window = 32
+    torch.manual_seed(0)
+    model = tmp_path / "gemma3-6"
+    AutoModelForCausalLM.from_config(config).save_pretrained(model)
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        if (family / name).exists():
+            shutil.copy(family / name, model / name)
+    out = tmp_path / "run"
+    metrics = run_and_measure(
+        model, out, ["mlx"], "--target", "cpu", "--target", "mlx",
+        evaluators={"size": [], "kl": SHORT},
+    )  # fmt: skip
+    assert metrics[("mlx", "mlx")]["kl_divergence"] < 1e-5
+    written = json.loads((out / "variants" / "mlx" / "config.json").read_text())
+    assert written["sliding_window_pattern"] == 3

@@ -81,7 +81,7 @@ On Linux, `pip install "mlx[cpu]" mlx-lm` runs it on the CPU."""
 
 def _check_mlx_model(owner: str, config: Mapping[str, Any]) -> None:
     """Refuse a model mlx-lm has no model class for, or one that is not a causal LM."""
-    from quantforge_mlx.convert import supported_model_types
+    from quantforge_mlx.convert import sliding_window_pattern, supported_model_types
 
     archs = [str(a) for a in config.get("architectures") or []]
     if not any(a.endswith("ForCausalLM") for a in archs):
@@ -90,6 +90,7 @@ def _check_mlx_model(owner: str, config: Mapping[str, Any]) -> None:
             f"{', '.join(archs) or 'of no declared architecture'}",
             hint="convert a causal language model, or use another exporter",
         )
+    sliding_window_pattern(dict(config))
     model_type = config.get("model_type")
     if model_type not in supported_model_types():
         raise UnsupportedModelError(

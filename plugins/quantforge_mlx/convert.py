@@ -46,19 +46,23 @@ def supported_model_types() -> frozenset[str]:
     return frozenset(names | set(MODEL_REMAPPING))
 
 
-def legacy_rope_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """The rotary-embedding keys mlx-lm's model classes read, from transformers 5's
-    ``rope_parameters``.
+def legacy_config_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The keys mlx-lm's model classes read that transformers 5 writes elsewhere: the
+    rotary embedding's, from ``rope_parameters``, and Gemma 3's ``sliding_window_pattern``,
+    from ``layer_types``.
 
     transformers 5 writes ``rope_theta`` (and the scaling, and the rotated share) only inside
     ``rope_parameters``; mlx-lm 0.32's Llama, Qwen, Gemma ... read a top-level ``rope_theta``
     and fall back to a default (10,000) when it is absent, so SmolLM2 (100,000) would load
     without an error and compute another model. GPT-NeoX's class requires
     ``rotary_emb_base`` and ``rotary_pct``. Keys the config already has are kept."""
+    keys: dict[str, Any] = {}
+    pattern = sliding_window_pattern(config)
+    if pattern:
+        keys["sliding_window_pattern"] = pattern
     rope = config.get("rope_parameters")
     if not isinstance(rope, dict):
-        return {}
-    keys: dict[str, Any] = {}
+        return {k: v for k, v in keys.items() if k not in config}
     if "rope_theta" not in rope and rope and all(isinstance(v, dict) for v in rope.values()):
         # one entry per attention kind (Gemma 3: full and sliding)
         local = rope.get("sliding_attention") or {}
@@ -80,15 +84,70 @@ def legacy_rope_keys(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in keys.items() if k not in config}
 
 
+SLIDING_PATTERN_TYPES = frozenset({"gemma3", "gemma3_text"})
+
+
+def sliding_window_pattern(config: dict[str, Any]) -> int | None:
+    """For the model types whose mlx-lm class places full attention at every N-th layer
+    (Gemma 3): N, read from ``layer_types``; ``None`` for other types, or when the config
+    has no ``layer_types``. Raises when the layers follow no such pattern (mlx-lm would
+    compute another model, or fail)."""
+    types = config.get("layer_types")
+    if config.get("model_type") not in SLIDING_PATTERN_TYPES or not isinstance(types, list):
+        return None
+    full = [i for i, kind in enumerate(types) if kind == "full_attention"]
+    if full:
+        every = full[0] + 1
+        if all(
+            (kind == "full_attention") == ((i + 1) % every == 0) for i, kind in enumerate(types)
+        ):
+            return every
+    raise UnsupportedModelError(
+        f"mlx-lm's {config.get('model_type')} class puts full attention at every N-th layer; "
+        f"this model's {len(types)} layers ({', '.join(sorted(set(map(str, types))))}) "
+        "follow no such pattern",
+        hint="a model with a full-attention layer every N layers (as Gemma 3 ships) converts",
+    )
+
+
+def required_fields(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Fields mlx-lm's model arguments require (no default) that ``config.json`` names
+    otherwise: transformers' config object resolves them through its aliases and defaults
+    (Qwen3-MoE's ``num_experts`` is saved as ``num_local_experts``; ``mlp_only_layers`` is
+    left out when empty)."""
+    import dataclasses
+
+    from mlx_lm.utils import _get_classes
+
+    try:
+        _, args_class = _get_classes(config)
+    except ValueError as exc:
+        raise UnsupportedModelError(f"mlx-lm: {exc}") from None
+    missing = [
+        f.name
+        for f in dataclasses.fields(args_class)
+        if f.name not in config
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if not missing:
+        return {}
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    found = {name: getattr(hf, name) for name in missing if getattr(hf, name, None) is not None}
+    return {k: v for k, v in found.items() if isinstance(v, int | float | str | bool | list)}
+
+
 def _load(folder: Path) -> tuple[Any, dict[str, Any]]:
     import_mlx()
     from mlx_lm.utils import load_model
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    extra = legacy_config_keys(config)
+    extra.update(required_fields(folder, {**config, **extra}))
     try:
-        return load_model(
-            folder, lazy=True, model_config=legacy_rope_keys(config), trust_remote_code=False
-        )
+        return load_model(folder, lazy=True, model_config=extra, trust_remote_code=False)
     except ValueError as exc:
         raise UnsupportedModelError(f"mlx-lm cannot load {folder.name}: {exc}") from None
 
