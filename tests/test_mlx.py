@@ -205,22 +205,26 @@ def test_mlx_runs_its_float_products_on_openblas_after_torch_when_the_system_has
 def test_the_real_model_converts_quantizes_and_measures_on_mlx(
     real_model: Path, tmp_path: Path
 ) -> None:
-    """SmolLM2-135M (tied embeddings, 576 wide, 9 heads): the float export matches the HF
-    base, and 8 bits stays closer to it than 4 (mlx-community's two default widths)."""
+    """SmolLM2-135M (tied embeddings, 576 wide, 9 heads, rope_theta 100,000): the float
+    export scores the same tokens as the HF base, and mlx-community's default 4 bits stays
+    near it. (MLX's quantized kernels run at about 2 GFLOP/s on this CPU: one window.)"""
     out = tmp_path / "run"
     metrics = run_and_measure(
-        real_model, out, ["mlx", "mlx-lm:8bit", "mlx-lm:4bit"], "--target", "cpu", "--target", "mlx",
-        evaluators={"size": [], "speed": ["prompt_tokens=32", "new_tokens=8"], "kl": SHORT},
+        real_model, out, ["mlx", "mlx-lm:4bit"], "--target", "cpu", "--target", "mlx",
+        evaluators={"size": [], "kl": ["window=128", "stride=128", "max_tokens=128"]},
         timeout=1500,
     )  # fmt: skip
-    base, f32 = metrics[("base", "cpu")], metrics[("mlx", "mlx")]
-    q8, q4 = metrics[("mlx-lm-8bit", "mlx")], metrics[("mlx-lm-4bit", "mlx")]
+    base, f32, q4 = (
+        metrics[("base", "cpu")],
+        metrics[("mlx", "mlx")],
+        metrics[("mlx-lm-4bit", "mlx")],
+    )
     assert f32["kl_divergence"] < 1e-5 and f32["top1_agreement"] > 0.999
-    assert q8["kl_divergence"] < 0.01 < q4["kl_divergence"] < 1.0, (q8, q4)
-    assert q4["size_mb"] < q8["size_mb"] < base["size_mb"] / 3
-    assert q4["decode_tps"] > 0
+    assert 0.01 < q4["kl_divergence"] < 1.0, q4
+    assert q4["size_mb"] < base["size_mb"] / 5
     config = json.loads((out / "variants" / "mlx-lm-4bit" / "config.json").read_text())
     assert config["tie_word_embeddings"] is True and config["quantization"]["group_size"] == 64
+    assert config["rope_theta"] == 100000.0
 
 
 def test_a_gemma3_with_full_attention_every_third_layer_matches_the_hf_base(
