@@ -18,8 +18,6 @@ ELSEWHERE: dict[str, str] = {
     "devices), e.g. a 'quantforge-coreml' package",
     "tflite": "TFLite / LiteRT models come from a plugin built on ai-edge-torch, "
     "e.g. a 'quantforge-litert' package",
-    "executorch": "ExecuTorch programs come from a plugin built on executorch, "
-    "e.g. a 'quantforge-executorch' package",
 }
 ALIASES = {"trtllm": "tensorrt-llm", "trt-llm": "tensorrt-llm", "litert": "tflite"}
 
