@@ -280,19 +280,9 @@ class MLXQuantizer(Quantizer):
     def _has_down_projections(config: Mapping[str, Any]) -> bool:
         """Whether mlx-lm's model for this type names a layer ``down_proj`` (what its mixed
         recipes look for), read from the model's source without building it."""
-        import importlib.util
+        from quantforge_mlx.convert import model_source
 
-        from quantforge_mlx.library import import_mlx
-
-        import_mlx()
-        from mlx_lm.utils import MODEL_REMAPPING
-
-        model_type = str(config.get("model_type"))
-        module = MODEL_REMAPPING.get(model_type, model_type)
-        spec = importlib.util.find_spec(f"mlx_lm.models.{module}")
-        if spec is None or spec.origin is None:
-            return False
-        return "down_proj" in Path(spec.origin).read_text(encoding="utf-8")
+        return "down_proj" in model_source(str(config.get("model_type")))
 
     def quantize(
         self,

@@ -33,17 +33,50 @@ def recipe_bits(recipe: str) -> int:
     return int(recipe.split("_")[1])
 
 
-def supported_model_types() -> frozenset[str]:
-    """``model_type`` values mlx-lm has a model for (its modules, and the types it maps)."""
+def _package() -> Path | None:
     import importlib.util
 
-    import_mlx()
-    from mlx_lm.utils import MODEL_REMAPPING
-
-    spec = importlib.util.find_spec("mlx_lm.models")
+    spec = importlib.util.find_spec("mlx_lm")
     folders = list(spec.submodule_search_locations or []) if spec else []
-    names = {p.stem for folder in folders for p in Path(folder).glob("*.py")}
-    return frozenset(names | set(MODEL_REMAPPING))
+    return Path(folders[0]) if folders else None
+
+
+def _remapping(package: Path) -> dict[str, str]:
+    """mlx-lm's ``MODEL_REMAPPING`` (model types it runs with another type's class), read
+    from its source without importing it (which would load MLX and transformers)."""
+    import ast
+
+    tree = ast.parse((package / "utils.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "MODEL_REMAPPING" for t in node.targets)
+            and isinstance(node.value, ast.Dict)
+        ):
+            return {
+                k.value: v.value
+                for k, v in zip(node.value.keys, node.value.values, strict=True)
+                if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)
+            }
+    return {}
+
+
+def supported_model_types() -> frozenset[str]:
+    """``model_type`` values mlx-lm has a model for (its modules, and the types it maps)."""
+    package = _package()
+    if package is None:
+        return frozenset()
+    names = {p.stem for p in (package / "models").glob("*.py")}
+    return frozenset(names | set(_remapping(package)))
+
+
+def model_source(model_type: str) -> str:
+    """The source of mlx-lm's model module for ``model_type`` (``""`` when it has none)."""
+    package = _package()
+    if package is None:
+        return ""
+    module = package / "models" / f"{_remapping(package).get(model_type, model_type)}.py"
+    return module.read_text(encoding="utf-8") if module.exists() else ""
 
 
 def legacy_config_keys(config: dict[str, Any]) -> dict[str, Any]:
