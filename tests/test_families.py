@@ -71,14 +71,13 @@ FULL_ON = set(FAMILIES) if CHOSEN == "all" else {f for f in CHOSEN.split(",") if
 # kind; the cells that broke before this matrix existed (sliding windows and
 # soft-capping, fused projections, an exporter that lacks a family, mixture-of-experts);
 # and MLX where transformers 5's configs differ from what mlx-lm reads (GPT-NeoX's rotary
-# keys, Qwen3-MoE's expert count, Gemma 3's layer pattern).
+# keys, Qwen3-MoE's expert count; Gemma 3's layer pattern is tested in test_mlx.py).
 EVERY_FAMILY = ["rtn:int8", "bnb:nf4"]
 SOME_FAMILIES = {
-    "llama": ["hqq:int8", "torchao:int8", "llamacpp:q8_0", "mlx-lm:4bit"],
+    "llama": ["hqq:int8", "torchao:int8", "llamacpp:q8_0"],
     "qwen2": ["llamacpp:q8_0"],
     "gemma2": ["llamacpp:q8_0", "awq:int4", "ort:int8", "nncf:int8"],
     "phi3": ["llamacpp:q8_0", "gptq:int4", "awq:int4", "ort:int8"],
-    "gemma3": ["mlx-lm:8bit"],
     "gpt_neox": [
         "hqq:int8",
         "torchao:int8",
