@@ -56,11 +56,13 @@ MATRIX = [
     "nncf:int8",
     "mlx-lm:8bit",
     "mlx-lm:4bit",
+    "xnnpack:8da8w",
+    "xnnpack:8da4w",
 ]
 EIGHT_BIT = {"rtn:int8", "bnb:int8", "gptq:int8", "quanto:int8", "hqq:int8", "torchao:int8"}
-EIGHT_BIT |= {"llamacpp:q8_0", "ort:int8", "nncf:int8", "mlx-lm:8bit"}
+EIGHT_BIT |= {"llamacpp:q8_0", "ort:int8", "nncf:int8", "mlx-lm:8bit", "xnnpack:8da8w"}
 KL_LIMIT_8BIT = 0.05
-TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino", "mlx"]
+TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino", "mlx", "executorch"]
 # QUANTFORGE_FAMILIES=all (or a comma-separated list of families): the whole matrix on them
 CHOSEN = os.environ.get("QUANTFORGE_FAMILIES", "")
 FULL_ON = set(FAMILIES) if CHOSEN == "all" else {f for f in CHOSEN.split(",") if f}
