@@ -169,6 +169,23 @@ def quantize_and_measure(
     return metrics
 
 
+def reshaped_model(source: Path, out: Path, **changes: Any) -> Path:
+    """``source``'s config with ``changes`` (fewer layers, other widths) and random weights
+    (seed 0), saved to ``out`` beside ``source``'s tokenizer files: a model of real or
+    chosen shapes that is cheap to quantize."""
+    import torch
+    from quantforge.model.artifacts import copy_tokenizer_files
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    copy_tokenizer_files(source, out)
+    return out
+
+
 def assert_missing_names_extra(
     monkeypatch: pytest.MonkeyPatch, missing: set[str], objects: list[Any], extra: str
 ) -> None:

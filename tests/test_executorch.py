@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Metrics, assert_missing_names_extra, fails_with, quantforge
+from conftest import Metrics, assert_missing_names_extra, fails_with, quantforge, reshaped_model
 from conftest import quantize_and_measure as run_and_measure
 
 pytestmark = pytest.mark.slow
@@ -29,20 +29,8 @@ def llama2() -> Path:
 @pytest.fixture(scope="module")
 def llama1(llama2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The family Llama cut to one decoder layer (lowering time grows with the layers)."""
-    import shutil
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     out = tmp_path_factory.mktemp("llama1") / "model"
-    config = AutoConfig.from_pretrained(llama2)
-    config.num_hidden_layers = 1
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (llama2 / name).exists():
-            shutil.copy(llama2 / name, out / name)
-    return out
+    return reshaped_model(llama2, out, num_hidden_layers=1)
 
 
 @pytest.fixture(scope="module")

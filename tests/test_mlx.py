@@ -6,11 +6,10 @@ model runs the default presets on SmolLM2-135M."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Metrics, assert_missing_names_extra, fails_with, quantforge
+from conftest import Metrics, assert_missing_names_extra, fails_with, quantforge, reshaped_model
 from conftest import quantize_and_measure as run_and_measure
 from quantforge.model.texts import stdlib_calibration_text as calibration_text
 
@@ -91,18 +90,10 @@ def test_a_width_the_group_does_not_divide_falls_back_per_weight(
 ) -> None:
     """Hidden 96 (64 does not divide it: 32 does) and an MLP 200 wide (no MLX group divides
     it: those weights stay in float, named in the record)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    model = tmp_path / "odd"
-    config = AutoConfig.from_pretrained(tiny_model)
-    config.hidden_size, config.intermediate_size = 96, 200
-    config.num_attention_heads = config.num_key_value_heads = 3
-    config.head_dim, config.num_hidden_layers = 32, 2
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(model)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_model / name, model / name)
+    model = reshaped_model(
+        tiny_model, tmp_path / "odd", hidden_size=96, intermediate_size=200,
+        num_attention_heads=3, num_key_value_heads=3, head_dim=32, num_hidden_layers=2,
+    )  # fmt: skip
     out = tmp_path / "run"
     metrics = run_and_measure(
         model, out, ["mlx-lm:4bit"], "--target", "mlx", evaluators={"size": [], "kl": SHORT}
@@ -234,21 +225,13 @@ def test_a_gemma3_with_full_attention_every_third_layer_matches_the_hf_base(
     reads ``sliding_window_pattern`` (default 6) and the export writes it. Here the pattern
     is 3, so a default would put full attention on the wrong layers; the window (32) is
     shorter than the scored windows (128), so sliding attention is exercised."""
-    import torch
     from quantforge.testing.families import family_model
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    family = family_model("gemma3")
-    config = AutoConfig.from_pretrained(family)
-    config.num_hidden_layers = 6
-    config.layer_types = ["sliding_attention", "sliding_attention", "full_attention"] * 2
-    config.sliding_window = 32
-    torch.manual_seed(0)
-    model = tmp_path / "gemma3-6"
-    AutoModelForCausalLM.from_config(config).save_pretrained(model)
-    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
-        if (family / name).exists():
-            shutil.copy(family / name, model / name)
+    model = reshaped_model(
+        family_model("gemma3"), tmp_path / "gemma3-6", num_hidden_layers=6,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"] * 2,
+        sliding_window=32,
+    )  # fmt: skip
     out = tmp_path / "run"
     metrics = run_and_measure(
         model, out, ["mlx"], "--target", "cpu", "--target", "mlx",

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Metrics, fails_with, quantforge, quantize_and_measure
+from conftest import Metrics, fails_with, quantforge, quantize_and_measure, reshaped_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
@@ -265,19 +265,8 @@ def test_the_space_answers_a_real_question_side_by_side(
 def smollm2_shaped(real_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2-135M-Instruct's config and tokenizer with 2 blocks of random weights: the real
     shapes (576 wide, tied embeddings) for methods too slow for the whole model on 2 cores."""
-    import shutil
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     out = tmp_path_factory.mktemp("shaped") / "smollm2-2-blocks"
-    config = AutoConfig.from_pretrained(real_model)
-    config.num_hidden_layers = 2
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    for file in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        shutil.copy(real_model / file, out / file)
-    return out
+    return reshaped_model(real_model, out, num_hidden_layers=2)
 
 
 def test_awq_default_preset_uses_one_group_size_that_divides_every_width(

@@ -127,6 +127,18 @@ def check_group_size(
             )
 
 
+def check_causal_lm(owner: str, config: Mapping[str, Any], action: str = "export") -> None:
+    """Refuse, in preflight, a model whose ``architectures`` name no ``…ForCausalLM``: the
+    exporters that trace a decoder with its KV cache take nothing else."""
+    archs = [str(a) for a in config.get("architectures") or []]
+    if not any(a.endswith("ForCausalLM") for a in archs):
+        raise UnsupportedModelError(
+            f"{owner}: {action}s decoder-only causal LMs (…ForCausalLM); this model is "
+            f"{', '.join(archs) or 'of no declared architecture'}",
+            hint=f"{action} a causal language model, or use another exporter",
+        )
+
+
 def gpu_visible() -> bool:
     """Whether an NVIDIA GPU is visible, checked without importing torch."""
     import glob

@@ -32,7 +32,7 @@ from quantforge import (
     Target,
     hookimpl,
 )
-from quantforge.errors import UnsupportedModelError
+from quantforge.interfaces import check_causal_lm
 from quantforge.options import OptionValue
 
 EXTRA = "executorch"
@@ -62,16 +62,6 @@ def _max_seq_len(options: Mapping[str, OptionValue], source: Path) -> int:
         return chosen
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     return min(int(config.get("max_position_embeddings") or LONGEST), LONGEST)
-
-
-def _check_decoder(owner: str, config: Mapping[str, Any]) -> None:
-    archs = [str(a) for a in config.get("architectures") or []]
-    if not any(a.endswith("ForCausalLM") for a in archs):
-        raise UnsupportedModelError(
-            f"{owner}: exports decoder-only causal LMs (…ForCausalLM); this model is "
-            f"{', '.join(archs) or 'of no declared architecture'}",
-            hint="export a causal language model, or use another exporter",
-        )
 
 
 def executorch_card_usage(repo_id: str, revision: str | None) -> str:
@@ -115,7 +105,7 @@ class ExecuTorchExporter(Exporter):
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         self.check_available()
-        _check_decoder("executorch", config)
+        check_causal_lm("executorch", config)
 
     def export(
         self,
@@ -188,7 +178,7 @@ class XNNPACKQuantizer(Quantizer):
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         self.check_available()
-        _check_decoder("xnnpack", config)
+        check_causal_lm("xnnpack", config)
         if options["scheme"] == "8da8w" and int(str(options["group_size"])):
             from quantforge.errors import UsageError
 

@@ -34,6 +34,7 @@ from quantforge import (
     hookimpl,
 )
 from quantforge.errors import UnsupportedModelError, UsageError
+from quantforge.interfaces import check_causal_lm
 from quantforge.options import OptionValue
 
 from quantforge_mlx.library import blas_before_mlx
@@ -83,13 +84,7 @@ def _check_mlx_model(owner: str, config: Mapping[str, Any]) -> None:
     """Refuse a model mlx-lm has no model class for, or one that is not a causal LM."""
     from quantforge_mlx.convert import sliding_window_pattern, supported_model_types
 
-    archs = [str(a) for a in config.get("architectures") or []]
-    if not any(a.endswith("ForCausalLM") for a in archs):
-        raise UnsupportedModelError(
-            f"{owner}: converts decoder-only causal LMs (…ForCausalLM); this model is "
-            f"{', '.join(archs) or 'of no declared architecture'}",
-            hint="convert a causal language model, or use another exporter",
-        )
+    check_causal_lm(owner, config, action="convert")
     sliding_window_pattern(dict(config))
     model_type = config.get("model_type")
     if model_type not in supported_model_types():
@@ -312,7 +307,6 @@ class MLXQuantizer(Quantizer):
             recipe=str(options["recipe"]),
             algorithm=str(options["algorithm"]),
             samples=samples,
-            log=context.log,
         )
         precision = precision_report(report, self.group_size(options))
         write_precision(output, precision)

@@ -8,6 +8,7 @@ mlx-lm's own ``save`` would copy them, so these functions write the folder thems
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ def _package() -> Path | None:
     return Path(folders[0]) if folders else None
 
 
+@functools.cache
 def _remapping(package: Path) -> dict[str, str]:
     """mlx-lm's ``MODEL_REMAPPING`` (model types it runs with another type's class), read
     from its source without importing it (which would load MLX and transformers)."""
@@ -312,7 +314,6 @@ def quantize(
     recipe: str,
     algorithm: str,
     samples: Sequence[Sequence[int]] | None,
-    log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Quantize the MLX folder ``source`` into ``output``; return what each layer got."""
     mx = import_mlx()

@@ -27,7 +27,8 @@ from quantforge import (
     Target,
     hookimpl,
 )
-from quantforge.errors import UnsupportedModelError, UsageError
+from quantforge.errors import UsageError
+from quantforge.interfaces import check_causal_lm
 from quantforge.options import OptionValue
 
 EXTRA = "openvino"
@@ -56,13 +57,7 @@ class OpenVINOExporter(Exporter):
     )
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
-        archs = [str(a) for a in config.get("architectures") or []]
-        if not any(a.endswith("ForCausalLM") for a in archs):
-            raise UnsupportedModelError(
-                f"openvino: exports decoder-only causal LMs (…ForCausalLM); this model is "
-                f"{', '.join(archs) or 'of no declared architecture'}",
-                hint="export a causal language model, or use another exporter",
-            )
+        check_causal_lm("openvino", config)
 
     def export(
         self,
