@@ -22,6 +22,13 @@ def pytest_configure(config: pytest.Config) -> None:
     cache = os.environ.get("QUANTFORGE_TEST_CACHE") or str(
         Path(config.rootpath) / ".pytest_cache" / "quantforge"
     )
+    # llm-compressor's worker environment is a tool, not a cache entry: keep the one made
+    # (by `scripts/bootstrap test`) in the user's cache
+    from quantforge_llmcompressor.environment import PYTHON_VARIABLE, worker_python
+
+    made = worker_python()
+    if made is not None:
+        os.environ.setdefault(PYTHON_VARIABLE, str(made))
     os.environ["QUANTFORGE_CACHE_DIR"] = cache
     os.environ.pop("QUANTFORGE_LOAD_PLUGINS", None)
     os.environ.pop("QUANTFORGE_DEBUG", None)
