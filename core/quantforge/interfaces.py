@@ -331,6 +331,16 @@ class Quantizer(Step):
         """Nominal weight bits of the output, for tables and cards."""
         return None
 
+    def budget_options(
+        self, max_size_mb: float | None, bpw: float | None
+    ) -> dict[str, OptionValue] | None:
+        """Options that make this method build to a size budget by itself (a per-tensor mix
+        of widths), given as the file's size in MB (10^6 bytes) or as bits per weight (one
+        of them is set). ``quantforge search --max-size``/``--bpw`` then tries this method
+        once with them, beside the uniform presets of every method. ``None`` (the default):
+        the method has no such option."""
+        return None
+
     def load_model(self, artifact: Artifact) -> Any | None:
         """Load this quantizer's output as a torch module, for formats a plain
         ``from_pretrained`` cannot read. Return ``None`` to let the runtime load it."""

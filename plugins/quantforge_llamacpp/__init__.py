@@ -230,6 +230,88 @@ class LlamaCppQuantizer(Quantizer):
         )
 
 
+class GGUFMixQuantizer(Quantizer):
+    """Per-tensor GGUF types to a budget: see :mod:`quantforge_llamacpp.mix`."""
+
+    name = "gguf-mix"
+    method = "llama.cpp"
+    description = (
+        "GGUF with a type per tensor, chosen from measured sensitivities to a size "
+        "(bpw, max_size_mb) or KL (max_kl) budget"
+    )
+    input_format = "gguf"
+    output_format = "gguf+quant"
+    requires = REQUIRES
+    extra = "gguf"
+    needs_calibration = True  # sensitivities are measured on the calibration tokens
+    options = OptionSet(
+        [
+            Option("bpw", float, 0.0, "bits per weight of the whole file's tensors", min=0.0),
+            Option("max_size_mb", float, 0.0, "the file's size at most (MB, 10^6 bytes)", min=0.0),
+            Option(
+                "max_kl", float, 0.0, "predicted KL divergence at most (the smallest mix)", min=0.0
+            ),
+            Option("types", str, "", "candidate ggml types (default Q3_K to Q8_0 and IQ4_NL)"),
+            Option(
+                "tokens",
+                int,
+                256,
+                "calibration tokens each sensitivity is measured on",
+                min=16,
+                max=8192,
+            ),
+            Option(
+                "threads", int, 0, "quantization threads (0: every core this job may use)", min=0
+            ),
+        ]
+    )
+
+    def bits(self, options: Mapping[str, OptionValue]) -> float | None:
+        bpw = float(str(options["bpw"]))
+        return bpw or None
+
+    def budget_options(
+        self, max_size_mb: float | None, bpw: float | None
+    ) -> dict[str, OptionValue] | None:
+        return {"max_size_mb": max_size_mb} if max_size_mb is not None else {"bpw": bpw or 0.0}
+
+    def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
+        from quantforge_llamacpp.mix import DEFAULT_TYPES, parse_types
+
+        budgets = [k for k in ("bpw", "max_size_mb", "max_kl") if float(str(options[k])) > 0]
+        if len(budgets) != 1:
+            raise UsageError(
+                "gguf-mix: give exactly one budget: bpw, max_size_mb or max_kl"
+                + (f" (got {', '.join(budgets)})" if budgets else ""),
+                hint="e.g. gguf-mix,bpw=4.5 or gguf-mix,max_size_mb=100",
+            )
+        parse_types(str(options["types"]) or DEFAULT_TYPES)
+
+    def quantize(
+        self,
+        source: Artifact,
+        options: Mapping[str, OptionValue],
+        output: Path,
+        context: StepContext,
+    ) -> None:
+        from quantforge_llamacpp.mix_build import build_mix
+
+        if context.calibration is None or context.base_model is None:
+            raise UsageError("gguf-mix needs calibration tokens and the HF base model")
+        report = build_mix(source, options, output / GGUF_FILE, context)
+        write_mix_precision = report.pop("modules")
+        from quantforge_llamacpp.quantize import write_json
+
+        write_json(
+            output / "quantforge-precision.json",
+            {
+                **report,
+                "modules": {n: _type_bits(t) for n, t in sorted(write_mix_precision.items())},
+            },
+        )
+        _copy_config(source.path, output)
+
+
 def _type_bits(ggml_type: str) -> float | str:
     """Bits per weight of a ggml tensor type (``Q4_K`` -> 4.5), or its name when unknown."""
     per_weight = {
@@ -345,6 +427,7 @@ def register_exporters(register: Callable[[Exporter], None]) -> None:
 @hookimpl
 def register_quantizers(register: Callable[[Quantizer], None]) -> None:
     register(LlamaCppQuantizer())
+    register(GGUFMixQuantizer())
 
 
 @hookimpl

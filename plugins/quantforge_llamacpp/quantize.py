@@ -13,7 +13,7 @@ import ctypes
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,14 +136,35 @@ def quantize_gguf(
     qtype: str,
     imatrix: dict[str, list[float]] | None,
     threads: int,
+    *,
+    pure: bool = False,
+    tensor_types: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Quantize ``source`` into ``output``; returns what llama.cpp did (fallbacks, sizes)."""
+    """Quantize ``source`` into ``output``; returns what llama.cpp did (fallbacks, sizes).
+
+    ``pure``: every matrix gets ``qtype``'s base type (no mixes such as Q4_K_M's Q6_K layers).
+    ``tensor_types``: ggml types for tensors by exact name, through llama.cpp's own per-tensor
+    overrides (``llama_model_quantize_params.tt_overrides``).
+    """
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[qtype][0]
     params.nthread = threads
+    params.pure = pure
     keep: list[Any] = []
+    if tensor_types:
+        overrides = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for i, (name, ggml_type) in enumerate(sorted(tensor_types.items())):
+            pattern = f"^{re.escape(name)}$".encode()
+            keep.append(pattern)
+            overrides[i].pattern = pattern
+            overrides[i].type = ggml_type
+        overrides[len(tensor_types)].pattern = None  # terminator
+        keep.append(overrides)
+        params.tt_overrides = ctypes.cast(
+            overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override)
+        )
     if imatrix:
         entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
         for i, (name, values) in enumerate(sorted(imatrix.items())):

@@ -123,10 +123,20 @@ def measured_values(
 
 
 def violations(
-    k: Constraints, m: Mapping[str, float], device: str, device_measured: bool
+    k: Constraints,
+    m: Mapping[str, float],
+    device: str,
+    device_measured: bool,
+    size_cap_mb: float | None = None,
 ) -> list[str]:
-    """Each constraint ``m`` misses, in words (empty: it meets them all)."""
+    """Each constraint ``m`` misses, in words (empty: it meets them all); ``size_cap_mb`` is
+    the size budget in MB (``--max-size``, or ``--bpw`` over the base's parameters)."""
     out = []
+    if size_cap_mb is not None:
+        if "size_mb" not in m:
+            out.append("size not measured")
+        elif m["size_mb"] > size_cap_mb:
+            out.append(f"{m['size_mb']:.1f} MB, above the {size_cap_mb:.1f} MB budget")
     if k.max_kld is not None:
         if "kl" not in m:
             out.append("KL divergence not measured")
@@ -181,20 +191,36 @@ def candidates(
     base_params: float,
     model_config: Mapping[str, Any],
     methods: Sequence[str] = (),
+    budget: Constraints | None = None,
 ) -> list[Candidate]:
     """Every preset of every installed quantizer (and each exporter alone), with the ones the
-    target or this machine cannot run already pruned and why."""
+    target or this machine cannot run already pruned and why. Under a size ``budget``, a
+    quantizer that builds to a budget by itself (:meth:`Quantizer.budget_options`) is one
+    candidate with those options instead."""
     found = []
     for obj in plugins.methods:
         if methods and obj.name not in methods:
             continue
         presets: list[str | None] = list(obj.options.presets) or [None]
+        fitted = (
+            obj.budget_options(budget.max_size_mb, budget.bpw)
+            if budget is not None and budget.size_budget and isinstance(obj, Quantizer)
+            else None
+        )
+        if fitted is not None:
+            presets = [None]
         for preset in presets:
-            spec = obj.name + (f":{preset}" if preset else "")
-            options = obj.options.resolve(obj.name, {}, preset)
+            written = ",".join(
+                f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in (fitted or {}).items()
+            )
+            spec = obj.name + (f":{preset}" if preset else "") + (f",{written}" if written else "")
+            options = obj.options.resolve(obj.name, dict(fitted or {}), preset)
             bits = obj.bits(options) if isinstance(obj, Quantizer) else None
             calibrates = isinstance(obj, Quantizer) and obj.calibrates(options)
             est = base_params * (bits or 16) / 8 / 1e6
+            if fitted is not None and budget is not None and budget.max_size_mb is not None:
+                est = budget.max_size_mb  # it builds to the budget
             c = Candidate(
                 spec,
                 obj.name,
@@ -271,6 +297,7 @@ class Search:
         self.log = log
         self.reporter = reporter
         self.device: Target = self.plugins.targets.get(constraints.target)
+        self.size_cap_mb: float | None = None  # the size budget in MB, once the base is read
         for method in self.methods:
             self.plugins.methods.get(method)  # unknown names fail with a did-you-mean
 
@@ -364,7 +391,7 @@ class Search:
         c.measured_on = measurer.name
         device, on_device = self.device.name, self.device.measured
         c.measured = measured_values(facts, spec.name, measurer.name, device, on_device)
-        lost = violations(self.constraints, c.measured, device, on_device)
+        lost = violations(self.constraints, c.measured, device, on_device, self.size_cap_mb)
         c.state, c.reason = (
             ("failed", "; ".join(lost)) if lost else ("passed", "meets every constraint")
         )
@@ -375,10 +402,17 @@ class Search:
     def run(self) -> SearchResult:
         started = time.monotonic()
         base_path, params, config = self._base()
-        found = candidates(self.plugins, self.device, params, config, self.methods)
+        found = candidates(
+            self.plugins, self.device, params, config, self.methods, self.constraints
+        )
         if not found:
             raise UsageError("no installed method to search", hint="see `quantforge methods`")
         context = self._prune_by_device(found, config)
+        k = self.constraints
+        if k.size_budget:
+            cap = k.max_size_mb if k.max_size_mb is not None else (k.bpw or 0) * params / 8 / 1e6
+            self.size_cap_mb = cap
+            return self._best_within_size(found, context, started)
         pending = sorted(
             (c for c in found if c.state == "pending"),
             key=lambda c: (c.est_mb, c.calibrates, c.spec),
@@ -434,6 +468,68 @@ class Search:
                     pending.remove(o)
         result = SearchResult(self.constraints, found, winner, None, self.out, budget_spent)
         result.runner_up = runner_up(result)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / SEARCH_FILE).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        return result
+
+    def _best_within_size(
+        self, found: list[Candidate], context: int, started: float
+    ) -> SearchResult:
+        """Under a size budget: the lowest KL among variants within it. Each method's
+        presets are tried from the largest that may fit down, until one fits (its smaller
+        presets have fewer bits and lose to it); a method that builds to the budget by
+        itself is tried once."""
+        cap = self.size_cap_mb
+        assert cap is not None
+        for c in found:
+            if c.state == "pending" and c.est_mb > cap:
+                c.state = "pruned"
+                c.reason = f"at least {c.est_mb:.1f} MB, above the {cap:.1f} MB budget"
+        pending = sorted(
+            (c for c in found if c.state == "pending"),
+            key=lambda c: (-c.est_mb, c.calibrates, c.spec),
+        )
+        self.log(
+            f"search: {Path(self.model).name} for {self.device.name}: the lowest KL within "
+            f"{cap:.1f} MB ({self.constraints.describe()})"
+        )
+        self.log(f"{len(found)} candidates; {len(found) - len(pending)} pruned before any compute")
+        budget_spent = False
+        trials = 0
+        while pending:
+            if (
+                self.budget_minutes is not None
+                and trials
+                and time.monotonic() - started > self.budget_minutes * 60
+            ):
+                budget_spent = True
+                for c in pending:
+                    c.state, c.reason = "untried", "the --budget-minutes ran out first"
+                break
+            c = pending.pop(0)
+            self._trial(c, context)
+            trials += 1
+            self.log(f"trial {trials}: {c.spec:<24} {c.state}: {c.reason}")
+            if c.state == "passed":
+                for o in [o for o in pending if o.method == c.method and o.est_mb <= c.est_mb]:
+                    o.state = "pruned"
+                    o.reason = f"fewer bits of {c.method} than {c.spec}, which fits"
+                    pending.remove(o)
+        passed = sorted(
+            (c for c in found if c.state == "passed" and "kl" in c.measured),
+            key=lambda c: (c.measured["kl"], c.size_mb),
+        )
+        winner = passed[0] if passed else None
+        for c in passed[1:]:
+            c.reason = f"KL {c.measured['kl']:.4g}, above {winner.spec}'s" if winner else c.reason
+        result = SearchResult(
+            self.constraints,
+            found,
+            winner,
+            passed[1] if len(passed) > 1 else None,
+            self.out,
+            budget_spent,
+        )
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / SEARCH_FILE).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
         return result

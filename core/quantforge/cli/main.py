@@ -140,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", required=True, help="device profile (rpi5, ...) or a measured target (cpu)"
     )
     _constraint_arguments(p)
+    p.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="size budget (100MB, 0.5GB): answer the lowest KL within it, with per-tensor "
+        "mixes where a method builds them (gguf-mix)",
+    )
+    p.add_argument(
+        "--bpw", type=POSITIVE, metavar="BITS", help="size budget in bits per weight, e.g. 4.5"
+    )
     p.add_argument("--context", type=COUNT, metavar="TOKENS", help="context the target must hold")
     p.add_argument(
         "--budget-minutes", type=POSITIVE, metavar="MIN", help="stop starting trials after this"

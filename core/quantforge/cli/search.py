@@ -8,7 +8,12 @@ import json
 from quantforge.choosing.search import Search, SearchResult, figures_text
 from quantforge.cli.common import calibration_from_args
 from quantforge.errors import NoAnswerError
-from quantforge.running.constraints import Constraints, SearchSettings, parse_percent
+from quantforge.running.constraints import (
+    Constraints,
+    SearchSettings,
+    parse_percent,
+    parse_size_mb,
+)
 from quantforge.running.recipe import RunConfig
 
 
@@ -20,6 +25,8 @@ def constraints_from(args: argparse.Namespace, target: str = "") -> Constraints:
         max_ppl_increase=parse_percent(args.max_ppl_increase) if args.max_ppl_increase else None,
         min_decode_tps=args.min_decode_tps,
         context=getattr(args, "context", None),
+        max_size_mb=parse_size_mb(args.max_size) if getattr(args, "max_size", None) else None,
+        bpw=getattr(args, "bpw", None),
     )
 
 

@@ -6,6 +6,7 @@ them, so neither imports the other.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from quantforge.errors import UsageError
@@ -20,14 +21,32 @@ class Constraints:
     max_ppl_increase: float | None = None
     min_decode_tps: float | None = None
     context: int | None = None
+    # a size budget: the search then answers the lowest KL within it (MB are 10^6 bytes)
+    max_size_mb: float | None = None
+    bpw: float | None = None
+
+    @property
+    def size_budget(self) -> bool:
+        return self.max_size_mb is not None or self.bpw is not None
 
     def check(self, require_one: bool = True) -> None:
         """Refuse constraints that contradict themselves or (with ``require_one``) bind nothing."""
         unbound = self.max_kld is None and self.max_ppl_increase is None
-        if require_one and unbound and self.min_decode_tps is None:
+        if require_one and unbound and self.min_decode_tps is None and not self.size_budget:
             raise UsageError(
                 "no constraint given",
-                hint="pass --max-kld, --max-ppl-increase or --min-decode-tps",
+                hint="pass --max-size, --bpw, --max-kld, --max-ppl-increase or --min-decode-tps",
+            )
+        if self.max_size_mb is not None and self.bpw is not None:
+            raise UsageError(
+                "--max-size and --bpw both state a size budget", hint="pass one of them"
+            )
+        if self.max_size_mb is not None and self.max_size_mb <= 0:
+            raise UsageError(f"--max-size must be above 0 MB, not {self.max_size_mb:g}")
+        if self.bpw is not None and not 1 <= self.bpw <= 32:
+            raise UsageError(
+                f"--bpw {self.bpw:g} is not a width a weight can have",
+                hint="give bits per weight between 1 and 32, such as 4.5",
             )
         if self.max_kld is not None and self.max_kld <= 0:
             raise UsageError(
@@ -48,6 +67,10 @@ class Constraints:
 
     def describe(self) -> str:
         parts: list[str] = []
+        if self.max_size_mb is not None:
+            parts.append(f"size <= {self.max_size_mb:g} MB")
+        if self.bpw is not None:
+            parts.append(f"<= {self.bpw:g} bits per weight")
         if self.max_kld is not None:
             parts.append(f"KL <= {self.max_kld:g}")
         if self.max_ppl_increase is not None:
@@ -73,3 +96,14 @@ def parse_percent(text: str) -> float:
         return float(value[:-1]) / 100 if value.endswith("%") else float(value)
     except ValueError:
         raise UsageError(f"{text!r} is not a percentage", hint="write e.g. 2% or 0.02") from None
+
+
+def parse_size_mb(text: str) -> float:
+    """``100MB``, ``0.1GB``, ``95.5`` (MB) -> megabytes (10^6 bytes)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(kb|mb|gb|)\s*", text.lower())
+    if not match:
+        raise UsageError(
+            f"--max-size {text!r} is not a size", hint="write it like 100MB, 0.5GB or 95.5"
+        )
+    scale = {"kb": 1e-3, "mb": 1.0, "gb": 1e3, "": 1.0}[match[2]]
+    return float(match[1]) * scale
