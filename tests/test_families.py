@@ -58,9 +58,12 @@ MATRIX = [
     "mlx-lm:4bit",
     "xnnpack:8da8w",
     "xnnpack:8da4w",
+    "llm-compressor:w8a8",
+    "llm-compressor:w4a16",
 ]
 EIGHT_BIT = {"rtn:int8", "bnb:int8", "gptq:int8", "quanto:int8", "hqq:int8", "torchao:int8"}
 EIGHT_BIT |= {"llamacpp:q8_0", "ort:int8", "nncf:int8", "mlx-lm:8bit", "xnnpack:8da8w"}
+EIGHT_BIT |= {"llm-compressor:w8a8"}
 KL_LIMIT_8BIT = 0.05
 TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino", "mlx", "executorch"]
 # QUANTFORGE_FAMILIES=all (or a comma-separated list of families): the whole matrix on them
@@ -73,13 +76,14 @@ FULL_ON = set(FAMILIES) if CHOSEN == "all" else {f for f in CHOSEN.split(",") if
 # kind; the cells that broke before this matrix existed (sliding windows and
 # soft-capping, fused projections, an exporter that lacks a family, mixture-of-experts);
 # and MLX where transformers 5's configs differ from what mlx-lm reads (GPT-NeoX's rotary
-# keys, Qwen3-MoE's expert count; Gemma 3's layer pattern is tested in test_mlx.py).
+# keys, Qwen3-MoE's expert count; Gemma 3's layer pattern is tested in test_mlx.py);
+# llm-compressor on the fused projections of Phi-3 (its refusal of the MoE costs nothing).
 EVERY_FAMILY = ["rtn:int8", "bnb:nf4"]
 SOME_FAMILIES = {
     "llama": ["hqq:int8", "torchao:int8", "llamacpp:q8_0"],
     "qwen2": ["llamacpp:q8_0"],
     "gemma2": ["llamacpp:q8_0", "awq:int4", "ort:int8", "nncf:int8"],
-    "phi3": ["llamacpp:q8_0", "gptq:int4", "awq:int4", "ort:int8"],
+    "phi3": ["llamacpp:q8_0", "gptq:int4", "awq:int4", "ort:int8", "llm-compressor:w8a8"],
     "gpt_neox": [
         "hqq:int8",
         "torchao:int8",
@@ -95,6 +99,7 @@ SOME_FAMILIES = {
         "gptq:int4",
         "nncf:int8",
         "mlx-lm:8bit",
+        "llm-compressor:w8a8",
     ],
 }
 CI_CELLS = {

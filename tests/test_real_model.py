@@ -30,6 +30,7 @@ VARIANTS = [
     "llamacpp:q4_k_m",
     "ort:int4",
     "nncf:int4",
+    "llm-compressor:w4a16",
 ]
 TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino"]
 WINDOWS = ["window=512", "stride=256", "max_tokens=1024"]
@@ -145,7 +146,7 @@ def test_sizes_shrink(real_run: tuple[Path, Metrics]) -> None:
 def test_group_size_fallbacks_are_recorded(real_run: tuple[Path, Metrics]) -> None:
     """128 does not divide 576: the default falls back per layer and says so."""
     out, _ = real_run
-    for name in ("rtn-int4", "gptq-int4"):
+    for name in ("rtn-int4", "gptq-int4", "llm-compressor-w4a16"):
         precision = json.loads(
             (out / "variants" / name / "quantforge-precision.json").read_text(encoding="utf-8")
         )

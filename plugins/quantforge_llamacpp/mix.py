@@ -163,12 +163,13 @@ def measure(
 
     with replay.recording():
         reference = log_probs()
+    probs = reference.exp()
     tokens = ids.numel()
 
     def kl(block: int | None) -> float:
         with replay.replaying(block):
             got = log_probs()
-        return float((reference.exp() * (reference - got)).sum()) / tokens
+        return float((probs * (reference - got)).sum()) / tokens
 
     choices: dict[str, list[Choice]] = {}
     for done, (name, (hf_name, order)) in enumerate(sorted(decided.items())):

@@ -128,6 +128,14 @@ class LLMCompressorQuantizer(Quantizer):
                 choices=[0, 16, 32, 64, 128, 256],
             ),
             Option("damp", float, 0.01, "GPTQ's Hessian dampening", min=0.0001, max=1.0),
+            Option(
+                "dtype",
+                str,
+                "bfloat16",
+                "dtype of what stays unquantized (embeddings, norms, lm_head) and of the "
+                "scales; vLLM serves bfloat16 or float16 checkpoints ('auto': the base's)",
+                choices=["bfloat16", "float16", "float32", "auto"],
+            ),
         ],
         presets={
             "w4a16": {"scheme": "W4A16"},
@@ -205,6 +213,7 @@ class LLMCompressorQuantizer(Quantizer):
             "ignore": ["lm_head"],
             "calibration": [list(row) for row in calibration],
             "seed": context.seed,
+            "dtype": str(options["dtype"]),
         }
         script = Path(__file__).with_name("oneshot_script.py")
         with tempfile.TemporaryDirectory(prefix="llmcompressor-") as tmp:
@@ -227,6 +236,7 @@ class LLMCompressorQuantizer(Quantizer):
             "scheme": scheme,
             "algorithm": str(options["algorithm"]),
             "activations": activations,
+            "dtype": str(options["dtype"]),
             "measured_here": "transformers on CPU decompresses the weights to float and "
             "simulates the scheme's activation quantization (quantize-dequantize); vLLM runs "
             "the same arithmetic in its int8/fp8/int4 kernels",

@@ -63,7 +63,8 @@ def main(job_path: str, report_path: str) -> int:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(int(job["seed"]))
-    model = AutoModelForCausalLM.from_pretrained(job["source"], dtype=torch.float32)
+    dtype = "auto" if job["dtype"] == "auto" else getattr(torch, job["dtype"])
+    model = AutoModelForCausalLM.from_pretrained(job["source"], dtype=dtype)
     model.eval()
     groups, floats = _assign_groups(model, job)
     everyone = sorted(n for names in groups.values() for n in names) + floats
