@@ -12,7 +12,7 @@ from quantforge.errors import OptionError
 from quantforge.testing import check_quantizer
 from quantforge_bnb import BitsAndBytesQuantizer
 from quantforge_rtn import RTNQuantizer
-from quantforge_rtn.rtn import dequantize, quantize_weight
+from quantforge_rtn.kernels import dequantize, quantize_weight
 from quantforge_transformers import LocalCPU
 
 IDS = list(range(5, 69))

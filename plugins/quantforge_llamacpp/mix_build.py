@@ -13,35 +13,27 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import Artifact, StepContext
-from quantforge.errors import QuantforgeError, UsageError
-from quantforge.options import OptionValue
-
-from quantforge_llamacpp.mix import (
-    DEFAULT_TYPES,
-    TYPE_FTYPES,
+from quantforge.choosing.allocation import (
     Choice,
     Sensitivity,
     choose,
     choose_for_kl,
     file_bytes,
+    predicted_kl,
+)
+from quantforge.errors import QuantforgeError, UsageError
+from quantforge.model.sensitivity import cut_rows
+from quantforge.options import OptionValue
+
+from quantforge_llamacpp.mix import (
+    DEFAULT_TYPES,
+    TYPE_FTYPES,
     measure,
     parse_types,
-    predicted_kl,
 )
 
 MB = 1_000_000
 SIDE_FILES = ("config.json", "generation_config.json")  # copied beside the GGUF
-
-
-def _rows(samples: list[list[int]], tokens: int) -> list[list[int]]:
-    """Calibration rows cut to ``tokens`` tokens in all."""
-    rows, left = [], tokens
-    for row in samples:
-        if left <= 0:
-            break
-        rows.append(list(row[:left]))
-        left -= len(rows[-1])
-    return rows
 
 
 def _cache_file(source: Artifact, types: list[str], rows: list[list[int]]) -> Path:
@@ -83,7 +75,7 @@ def build_mix(
 
     src = gguf_file(source.path)
     types = parse_types(str(options["types"]) or DEFAULT_TYPES)
-    rows = _rows(context.calibration.samples, int(str(options["tokens"])))
+    rows = cut_rows(context.calibration.samples, int(str(options["tokens"])))
     threads = int(str(options["threads"])) or len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="gguf-mix-", dir=output.parent) as tmp:
         typed = {}

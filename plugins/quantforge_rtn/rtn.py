@@ -9,55 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from quantforge.errors import UsageError
 from quantforge.interfaces import StepContext, fitting_group_size
 from quantforge.model.artifacts import PRECISION_FILE, copy_tokenizer_files
 from quantforge.model.overrides import Rule, bits_for, parse_overrides
+from quantforge.model.sensitivity import cut_rows
 from quantforge.options import OptionValue
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from quantforge_rtn.budget import budget_of, budget_rules
+from quantforge_rtn.kernels import dequantize, quantize_weight
+
 CONFIG_FILE = "rtn_config.json"
-
-
-def quantize_weight(
-    weight: torch.Tensor, bits: int, group_size: int, symmetric: bool
-) -> dict[str, torch.Tensor]:
-    """Round ``weight`` [out, in] to ``bits`` per group of ``group_size`` input columns."""
-    out_features, in_features = weight.shape
-    w = weight.detach().float().reshape(out_features, in_features // group_size, group_size)
-    if symmetric:
-        qmax = 2 ** (bits - 1) - 1
-        scale = (w.abs().amax(dim=-1, keepdim=True) / qmax).clamp(min=1e-8)
-        q = torch.clamp(torch.round(w / scale), -qmax - 1, qmax) + (qmax + 1)
-        zero = torch.full_like(scale, qmax + 1)
-    else:
-        qmax = 2**bits - 1
-        lo = w.amin(dim=-1, keepdim=True)
-        hi = w.amax(dim=-1, keepdim=True)
-        scale = ((hi - lo) / qmax).clamp(min=1e-8)
-        zero = torch.round(-lo / scale)
-        q = torch.clamp(torch.round(w / scale) + zero, 0, qmax)
-    q = q.to(torch.uint8).reshape(out_features, in_features)
-    if bits == 4:
-        q = q[:, 0::2] | (q[:, 1::2] << 4)
-    return {
-        "qweight": q.contiguous(),
-        "scales": scale.half().squeeze(-1),
-        "zeros": zero.half().squeeze(-1),
-    }
-
-
-def dequantize(
-    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int
-) -> torch.Tensor:
-    if bits == 4:
-        q = torch.stack([qweight & 0x0F, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1)
-    else:
-        q = qweight
-    out_features, in_features = q.shape
-    q = q.reshape(out_features, in_features // group_size, group_size).float()
-    w = (q - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)
-    return w.reshape(out_features, in_features)
 
 
 class RTNLinear(nn.Module):
@@ -142,6 +106,21 @@ def quantize_folder(
     base = context.remember(("hf-model", str(source)), load_base)
     model = copy.deepcopy(base)
     shared = _shared_weights(model)
+    chosen: dict[str, Any] = {}
+    if budget_of(options):
+        if context.calibration is None:
+            raise UsageError("rtn: a budget needs calibration tokens to measure sensitivities")
+        layers, fitted, _ = _targets(model, skip, group_size, [], bits, shared)
+        rules, chosen = budget_rules(
+            model,
+            {n: fitted.get(n, group_size) for n in layers},
+            options,
+            source,
+            cut_rows(context.calibration.samples, int(str(options["tokens"]))),
+            shared,
+            context.log,
+            lambda done, total: context.progress(done, total, "layers"),
+        )
     targets, groups, kept = _targets(model, skip, group_size, rules, bits, shared)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
@@ -173,6 +152,7 @@ def quantize_folder(
         "default_bits": bits,
         "group_size": group_size,
         "modules": {n: targets.get(n, "unquantized") for n in sorted(linear)},
+        **chosen,
     }
     if groups:
         precision["group_sizes"] = dict(sorted(groups.items()))

@@ -1,7 +1,8 @@
-"""Per-tensor GGUF types to a budget (``gguf-mix``) and ``quantforge search --max-size``/``--bpw``.
+"""Widths per tensor to a budget: ``gguf-mix`` (GGUF types), RTN with a budget (4, 8 or float
+bits per layer) and ``quantforge search --max-size``/``--bpw``.
 
 The knapsack is checked against brute force; the step and the search run on the tiny model
-(the real model's comparison with Q4_K_M at equal size is ``bench/bench_gguf_mix.py``)."""
+(the real model's comparison with Q4_K_M at equal size is ``bench/gguf_mix.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import Metrics, fails_with, quantforge
 from conftest import quantize_and_measure as run_and_measure
-from quantforge_llamacpp.mix import Choice, Sensitivity, choose, choose_for_kl, predicted_kl
+from quantforge.choosing.allocation import Choice, Sensitivity, choose, choose_for_kl, predicted_kl
 
 
 def _random_sensitivity(seed: int, tensors: int = 6) -> Sensitivity:
@@ -165,4 +166,33 @@ def test_search_with_a_size_budget_answers_the_lowest_kl_within_it(
     assert any(
         c["state"] == "pruned" and "above the 3.6 MB budget" in c["reason"]
         for c in result["candidates"]
+    )
+
+
+@pytest.mark.slow
+def test_rtn_to_a_size_budget_mixes_4_and_8_bits_between_the_uniform_presets(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    metrics = run_and_measure(
+        tiny_model,
+        tmp_path / "run",
+        ["rtn:int4", "rtn:int8", "rtn,max_size_mb=11.3"],
+        "--target",
+        "cpu",
+        evaluators={"size": [], "kl": []},
+    )
+    int4, int8 = metrics[("rtn-int4", "cpu")], metrics[("rtn-int8", "cpu")]
+    mix = metrics[("rtn-max_size_mb11.3", "cpu")]
+    assert int4["size_mb"] < mix["size_mb"] <= 11.3 < int8["size_mb"]
+    assert int8["kl_divergence"] < mix["kl_divergence"] < int4["kl_divergence"]
+    precision = json.loads(
+        (
+            tmp_path / "run" / "variants" / "rtn-max_size_mb11.3" / "quantforge-precision.json"
+        ).read_text()
+    )
+    assert set(precision["chosen_bits"]) == {"4", "8"} and precision["budget"] == "11.3 MB"
+    assert set(precision["modules"].values()) >= {4, 8}
+    fails_with(
+        quantforge("quantize", str(tiny_model), "-v", "rtn,bpw=6,overrides=lm_head=8"),
+        "cannot be combined with overrides",
     )
