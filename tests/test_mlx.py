@@ -1,5 +1,5 @@
 """MLX through mlx-lm, on MLX's CPU device (the mlx-cpu wheel): HF -> MLX export, mlx-lm's
-quantizations (affine widths, floating-point modes, mixed recipes, AWQ, GPTQ), measurement
+quantizations (affine widths, floating-point modes, mixed recipes, AWQ, GPTQ, dynamic), measurement
 on the ``mlx`` target, cards in mlx-community's shape, and refusals in preflight. The real
 model runs the default presets on SmolLM2-135M."""
 
@@ -25,7 +25,7 @@ def mlx_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     calibration.write_text(calibration_text(100_000), encoding="utf-8")
     out = tmp / "run"
     variants = ["mlx", "mlx-lm:4bit", "mlx-lm:8bit", "mlx-lm:3bit", "mlx-lm:mixed_3_6"]
-    variants += ["mlx-lm:mxfp4", "mlx-lm:awq", "mlx-lm:gptq"]
+    variants += ["mlx-lm:mxfp4", "mlx-lm:awq", "mlx-lm:gptq", "mlx-lm:dynamic"]
     args = ["--target", "cpu", "--target", "mlx", "--calibration", str(calibration)]
     args += ["--calibration-samples", "8", "--calibration-seq-len", "128"]
     evaluators = {"size": [], "speed": ["prompt_tokens=32", "new_tokens=8"], "kl": SHORT}
@@ -67,6 +67,20 @@ def test_each_layer_is_recorded_as_mlx_lm_saved_it(mlx_run) -> None:  # type: ig
     # no file the base ships as code, and the tokenizer came along
     assert not list((variants / "mlx-lm-4bit").glob("*.py"))
     assert (variants / "mlx-lm-4bit" / "tokenizer.json").exists()
+
+
+def test_dynamic_quantization_lands_at_its_bits_per_weight_between_4_and_8(mlx_run) -> None:  # type: ignore[no-untyped-def]
+    out, metrics = mlx_run
+    precision = json.loads(
+        (out / "variants" / "mlx-lm-dynamic" / "quantforge-precision.json").read_text()
+    )
+    assert set(precision["modules"].values()) == {4, 8}, precision["modules"]
+    # float32 scales and biases: 4 bits everywhere is 5.0 bits per weight here
+    assert 5.0 < precision["bits_per_weight"] <= 5.5, precision["bits_per_weight"]
+    four, eight = metrics[("mlx-lm-4bit", "mlx")], metrics[("mlx-lm-8bit", "mlx")]
+    dynamic = metrics[("mlx-lm-dynamic", "mlx")]
+    assert four["size_mb"] < dynamic["size_mb"] < eight["size_mb"]
+    assert eight["kl_divergence"] < dynamic["kl_divergence"] < four["kl_divergence"]
 
 
 def test_the_card_is_in_mlx_communitys_shape(mlx_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -122,6 +136,8 @@ def test_options_that_do_not_combine_are_refused_before_any_compute(
         ("mlx-lm:mxfp4,bits=3", ("mode mxfp4 fixes its own bits", "bits")),
         ("mlx-lm:mixed_3_6,algorithm=gptq", ("does not combine with gptq",)),
         ("mlx-lm:4bit,group_size=48", ("group_size",)),
+        ("mlx-lm:4bit,bpw=5", ("bpw is the budget of algorithm=dynamic",)),
+        ("mlx-lm:dynamic,bpw=9.5", ("outside what 4 and 8 bits",)),
     ]:
         done = quantforge("quantize", str(tiny_model), "-v", spec, "--out", str(out))
         fails_with(done, *fragments)

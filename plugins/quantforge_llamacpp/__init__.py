@@ -298,17 +298,12 @@ class GGUFMixQuantizer(Quantizer):
 
         if context.calibration is None or context.base_model is None:
             raise UsageError("gguf-mix needs calibration tokens and the HF base model")
-        report = build_mix(source, options, output / GGUF_FILE, context)
-        write_mix_precision = report.pop("modules")
         from quantforge_llamacpp.quantize import write_json
 
-        write_json(
-            output / "quantforge-precision.json",
-            {
-                **report,
-                "modules": {n: _type_bits(t) for n, t in sorted(write_mix_precision.items())},
-            },
-        )
+        report = build_mix(source, options, output / GGUF_FILE, context)
+        types = report.pop("modules")
+        report["modules"] = {n: _type_bits(t) for n, t in sorted(types.items())}
+        write_json(output / "quantforge-precision.json", report)
         _copy_config(source.path, output)
 
 

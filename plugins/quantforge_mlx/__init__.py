@@ -44,7 +44,7 @@ blas_before_mlx()
 EXTRA = "mlx"
 REQUIRES = ("mlx", "mlx_lm", "transformers")
 DEFAULT_GROUP = 64
-ALGORITHMS = ["rtn", "awq", "gptq"]
+ALGORITHMS = ["rtn", "awq", "gptq", "dynamic"]
 MODES = ["affine", "mxfp4", "nvfp4", "mxfp8"]
 
 
@@ -190,8 +190,19 @@ class MLXQuantizer(Quantizer):
                 "algorithm",
                 str,
                 "rtn",
-                "round to nearest, or mlx-lm's AWQ or GPTQ from the calibration rows",
+                "round to nearest, or mlx-lm's AWQ, GPTQ or dynamic quantization (bits per "
+                "layer to a bpw budget, from gradient sensitivities) from the calibration rows",
                 choices=ALGORITHMS,
+            ),
+            Option(
+                "bpw",
+                float,
+                0.0,
+                "dynamic: the bits per weight to land at (each layer gets bits or high_bits)",
+                min=0.0,
+            ),
+            Option(
+                "high_bits", int, 8, "dynamic: the bits of the sensitive layers", choices=[5, 6, 8]
             ),
         ],
         presets={
@@ -205,6 +216,7 @@ class MLXQuantizer(Quantizer):
             "mxfp8": {"mode": "mxfp8"},
             "awq": {"bits": 4, "algorithm": "awq"},
             "gptq": {"bits": 4, "algorithm": "gptq"},
+            "dynamic": {"bits": 4, "algorithm": "dynamic", "bpw": 5.5},
         },
     )
 
@@ -253,6 +265,14 @@ class MLXQuantizer(Quantizer):
                 f"{config.get('model_type')!r} model has none",
                 hint="use a uniform width (mlx-lm:4bit) for this model",
             )
+        bpw = float(str(options["bpw"]))
+        if (algorithm == "dynamic") != (bpw > 0):
+            raise UsageError(
+                "mlx-lm: bpw is the budget of algorithm=dynamic, and each needs the other",
+                hint="use mlx-lm:dynamic,bpw=5.5 (or drop bpw)",
+            )
+        if algorithm == "dynamic":
+            self._check_dynamic(options, config, bpw)
         if algorithm == "awq":
             awq_types = self._awq_model_types()
             if config.get("model_type") not in awq_types:
@@ -261,6 +281,41 @@ class MLXQuantizer(Quantizer):
                     f"(it has one for {', '.join(sorted(awq_types))})",
                     hint="use mlx-lm:gptq or mlx-lm:4bit",
                 )
+
+    def _check_dynamic(
+        self, options: Mapping[str, OptionValue], config: Mapping[str, Any], bpw: float
+    ) -> None:
+        from quantforge.interfaces import model_widths
+
+        low, high = int(str(options["bits"])), int(str(options["high_bits"]))
+        size = self.group_size(options)
+        if not low < high:
+            raise UsageError(
+                f"mlx-lm: dynamic mixes bits={low} with high_bits={high}; bits must be lower",
+                hint="e.g. mlx-lm:dynamic,bits=4,high_bits=8,bpw=5",
+            )
+        # each width plus a scale and a bias per group, 16 or 32 bits each by the dtype
+        if not low + 32 / size < bpw < high + 64 / size:
+            raise UsageError(
+                f"mlx-lm: bpw {bpw:g} is outside what {low} and {high} bits at group {size} "
+                f"reach (from {low + 32 / size:g} in float16 to {high + 64 / size:g} in float32)",
+                hint="choose a bpw between them",
+            )
+        odd = {k: w for k, w in model_widths(config).items() if w % size}
+        if odd:
+            raise UnsupportedModelError(
+                f"mlx-lm: dynamic quantization quantizes every layer at group {size}, and "
+                + ", ".join(f"{k} {w}" for k, w in odd.items())
+                + " is not a multiple of it",
+                hint="use another group_size, or mlx-lm:4bit (which falls back per weight)",
+            )
+
+    def budget_options(
+        self, max_size_mb: float | None, bpw: float | None
+    ) -> dict[str, OptionValue] | None:
+        if bpw is None:
+            return None  # MLX's bits per weight are its budget; a size needs the parameters
+        return {"algorithm": "dynamic", "bpw": bpw}
 
     @staticmethod
     def _awq_model_types() -> frozenset[str]:
@@ -307,6 +362,8 @@ class MLXQuantizer(Quantizer):
             recipe=str(options["recipe"]),
             algorithm=str(options["algorithm"]),
             samples=samples,
+            bpw=float(str(options["bpw"])),
+            high_bits=int(str(options["high_bits"])),
         )
         precision = precision_report(report, self.group_size(options))
         write_precision(output, precision)

@@ -314,6 +314,8 @@ def quantize(
     recipe: str,
     algorithm: str,
     samples: Sequence[Sequence[int]] | None,
+    bpw: float = 0.0,
+    high_bits: int = 8,
 ) -> dict[str, Any]:
     """Quantize the MLX folder ``source`` into ``output``; return what each layer got."""
     mx = import_mlx()
@@ -344,9 +346,12 @@ def quantize(
     else:
         if not samples:
             raise UsageError(f"mlx-lm: {algorithm} needs calibration rows (--calibration)")
-        data = mx.array([list(row) for row in samples])
+        width = min(len(row) for row in samples)
+        data = mx.array([list(row[:width]) for row in samples])
         mx.random.seed(0)
-        if algorithm == "awq":
+        if algorithm == "dynamic":
+            _dynamic_quantize(model, data[:DYNAMIC_ROWS], bits, high_bits, group_size, bpw)
+        elif algorithm == "awq":
             from mlx_lm.quant.awq import AWQ_MODEL_CONFIGS, awq_quantize
 
             awq_config = AWQ_MODEL_CONFIGS.get(str(config.get("model_type")))
@@ -371,6 +376,67 @@ def quantize(
     bpw = float(compute_bits_per_weight(model))
     _save(model, config, source, output)
     return {"default": default, "layers": layers, "fallbacks": fallbacks, "bits_per_weight": bpw}
+
+
+DYNAMIC_ROWS = 16  # calibration rows the gradients of mlx-lm's sensitivities run over
+
+
+def _dynamic_quantize(
+    model: Any, data: Any, low: int, high: int, group_size: int, bpw: float
+) -> dict[str, Any]:
+    """mlx-lm's dynamic quantization, to a budget that holds: mlx-lm's first-order estimate of
+    each layer's sensitivity (the gradient of the KL from the float model against the change
+    from ``high`` to ``low`` bits), then the knapsack of :mod:`quantforge.choosing.allocation`
+    picks which layers get ``high`` bits for the least summed estimate at ``bpw`` bits per
+    weight or fewer. (mlx-lm's own threshold search may land above the target.)"""
+    import copy
+
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.quant.dynamic_quant import estimate_sensitivities
+    from mlx_lm.utils import compute_bits_per_weight
+    from quantforge.choosing.allocation import Choice, Sensitivity, choose, predicted_kl
+
+    lowest = copy.deepcopy(model)
+    nn.quantize(lowest, group_size, low)
+    floor = float(compute_bits_per_weight(lowest))
+    if floor > bpw:
+        raise UsageError(
+            f"mlx-lm: with every layer at {low} bits this model is already {floor:.3f} bits "
+            f"per weight (scales and biases are stored in the model's dtype); bpw {bpw:g} "
+            "cannot be met",
+            hint=f"raise bpw above {floor:.2f}, or export in float16 (-v mlx:float16)",
+        )
+    total_bits = 8 * sum(v.nbytes for _, v in tree_flatten(lowest.parameters()))
+    params = total_bits / floor
+    found = dict(estimate_sensitivities(model, data, low, group_size, high, group_size))
+    modules = dict(tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module))
+
+    def bits_of(path: str, bits: int) -> int:
+        weight = modules[path].weight
+        scale_bits = 2 * 8 * weight.dtype.size  # a scale and a bias per group
+        return int(weight.size * bits + weight.size // group_size * scale_bits)
+
+    choices = {
+        path: [
+            Choice(str(low), bits_of(path, low), max(value, 0.0)),
+            Choice(str(high), bits_of(path, high), 0.0),
+        ]
+        for path, value in found.items()
+        if path in modules
+    }
+    fixed = total_bits - sum(c[0].nbytes for c in choices.values())
+    chosen = choose(Sensitivity(choices, int(fixed), int(params), 0), bpw * params)
+    assert chosen is not None  # every layer low fits: checked above
+    raised = {path for path, c in chosen.items() if c.type == str(high)}
+
+    def predicate(path: str, module: Any) -> Any:
+        if not hasattr(module, "to_quantized"):
+            return False
+        return {"bits": high, "group_size": group_size} if path in raised else True
+
+    nn.quantize(model, group_size, low, class_predicate=predicate)
+    return {"raised": len(raised), "predicted": predicted_kl(chosen)}
 
 
 def precision_report(report: dict[str, Any], requested_group: int) -> dict[str, Any]:
