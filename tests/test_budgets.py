@@ -70,7 +70,7 @@ def mix_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     metrics = run_and_measure(
         tiny_model,
         out,
-        ["gguf-mix,bpw=5", "llamacpp:q4_k_m"],
+        ["gguf-mix,bpw=5"],
         "--target",
         "llama.cpp",
         evaluators={"size": [], "kl": []},

@@ -77,13 +77,13 @@ FULL_ON = set(FAMILIES) if CHOSEN == "all" else {f for f in CHOSEN.split(",") if
 # soft-capping, fused projections, an exporter that lacks a family, mixture-of-experts);
 # and MLX where transformers 5's configs differ from what mlx-lm reads (GPT-NeoX's rotary
 # keys, Qwen3-MoE's expert count; Gemma 3's layer pattern is tested in test_mlx.py);
-# llm-compressor on the fused projections of Phi-3 (its refusal of the MoE costs nothing).
+# llm-compressor's refusal of the MoE (its tiny Llama runs in test_llmcompressor.py).
 EVERY_FAMILY = ["rtn:int8", "bnb:nf4"]
 SOME_FAMILIES = {
     "llama": ["hqq:int8", "torchao:int8", "llamacpp:q8_0"],
     "qwen2": ["llamacpp:q8_0"],
     "gemma2": ["llamacpp:q8_0", "awq:int4", "ort:int8", "nncf:int8"],
-    "phi3": ["llamacpp:q8_0", "gptq:int4", "awq:int4", "ort:int8", "llm-compressor:w8a8"],
+    "phi3": ["llamacpp:q8_0", "gptq:int4", "awq:int4", "ort:int8"],
     "gpt_neox": [
         "hqq:int8",
         "torchao:int8",
