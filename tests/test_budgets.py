@@ -196,3 +196,24 @@ def test_rtn_to_a_size_budget_mixes_4_and_8_bits_between_the_uniform_presets(
         quantforge("quantize", str(tiny_model), "-v", "rtn,bpw=6,overrides=lm_head=8"),
         "cannot be combined with overrides",
     )
+
+
+def test_a_recipe_states_a_size_budget_as_the_command_line_does(tmp_path: Path) -> None:
+    from typing import Any
+
+    from quantforge.errors import UsageError
+    from quantforge.running.constraints import Constraints
+    from quantforge.running.recipe import parse_recipe
+
+    def search(**table: Any) -> Constraints:
+        config = parse_recipe({"model": {"id": "m"}, "search": {"target": "cpu", **table}})
+        assert config.search is not None
+        return config.search.constraints
+
+    assert search(max_size="0.1GB").max_size_mb == 100
+    assert search(max_size=95.5).max_size_mb == 95.5
+    assert search(bpw=4.5).bpw == 4.5
+    with pytest.raises(UsageError, match="both state a size budget"):
+        search(max_size="100MB", bpw=4)
+    with pytest.raises(UsageError, match="is not a size"):
+        search(max_size="big")

@@ -48,7 +48,12 @@ from typing import Any
 
 from quantforge.errors import RecipeError
 from quantforge.model.calibration import CalibrationSpec
-from quantforge.running.constraints import Constraints, SearchSettings, parse_percent
+from quantforge.running.constraints import (
+    Constraints,
+    SearchSettings,
+    parse_percent,
+    parse_size_mb,
+)
 from quantforge.running.planner import BASE, VariantSpec, check_variant_name, parse_variant
 
 if sys.version_info >= (3, 11):
@@ -371,7 +376,7 @@ def _worker_memory(value: Any) -> int | None:
 
 def _search(value: Any) -> SearchSettings:
     """``[search]``: target, max_kld, max_ppl_increase ("2%"), min_decode_tps, context,
-    budget_minutes, methods."""
+    max_size ("100MB" or a number of MB), bpw, budget_minutes, methods."""
     table = expect("[search]", value, dict, "a table")
     check_keys(
         "[search]",
@@ -382,6 +387,8 @@ def _search(value: Any) -> SearchSettings:
             "max_ppl_increase",
             "min_decode_tps",
             "context",
+            "max_size",
+            "bpw",
             "budget_minutes",
             "methods",
         },
@@ -403,12 +410,19 @@ def _search(value: Any) -> SearchSettings:
     if context is not None:
         context = expect("search.context", context, int, "an integer")
     methods = expect("search.methods", table.get("methods", []), list, "a list of names")
+    size = table.get("max_size")
+    if isinstance(size, str):
+        size = parse_size_mb(size)
+    elif size is not None:
+        size = float(expect("search.max_size", size, (int, float), 'a size such as "100MB"'))
     constraints = Constraints(
         target=expect("search.target", table["target"], str, "a target name"),
         max_kld=number("max_kld"),
         max_ppl_increase=increase,
         min_decode_tps=number("min_decode_tps"),
         context=context,
+        max_size_mb=size,
+        bpw=number("bpw"),
     )
     constraints.check()
     return SearchSettings(constraints, number("budget_minutes"), tuple(str(m) for m in methods))
