@@ -78,8 +78,7 @@ def main() -> None:
                     f"{m['top1_agreement']:7.2%} {m.get('perplexity', float('nan')):8.3f}"
                 )
             print(
-                f"  mix types {precision['chosen_types']}, predicted KL "
-                f"{precision['predicted_kl']:.5f}"
+                f"  mix types {precision['chosen']}, predicted KL {precision['predicted_kl']:.5f}"
             )
             print(
                 f"ratio KL gguf-mix / llamacpp:{preset} at {size:g} MB: "

@@ -86,8 +86,8 @@ def test_the_mix_is_built_by_llama_cpp_with_the_chosen_types(mix_run) -> None:  
     )
     assert precision["type"] == "mix" and precision["budget"] == "5 bits per weight"
     assert 4.5 < precision["default_bits"] <= 5.0
-    assert len(precision["chosen_types"]) >= 2  # a mix, not one type
-    assert sum(precision["chosen_types"].values()) == len(precision["modules"])
+    assert len(precision["chosen"]) >= 2  # a mix, not one type
+    assert sum(precision["chosen"].values()) == len(precision["modules"])
     assert precision["predicted_kl"] > 0
     import sys
 
@@ -99,9 +99,7 @@ def test_the_mix_is_built_by_llama_cpp_with_the_chosen_types(mix_run) -> None:  
     types = gguf_facts(
         mix_run / "variants" / "gguf-mix-bpw5" / "model.gguf", converter_dir() / "gguf-py"
     )["tensor_types"]
-    assert {t for n, t in types.items() if n in precision["modules"]} == set(
-        precision["chosen_types"]
-    )
+    assert {t for n, t in types.items() if n in precision["modules"]} == set(precision["chosen"])
 
 
 @pytest.mark.slow
@@ -190,7 +188,7 @@ def test_rtn_to_a_size_budget_mixes_4_and_8_bits_between_the_uniform_presets(
             tmp_path / "run" / "variants" / "rtn-max_size_mb11.3" / "quantforge-precision.json"
         ).read_text()
     )
-    assert set(precision["chosen_bits"]) == {"4", "8"} and precision["budget"] == "11.3 MB"
+    assert set(precision["chosen"]) == {"4", "8"} and precision["budget"] == "11.3 MB"
     assert set(precision["modules"].values()) >= {4, 8}
     fails_with(
         quantforge("quantize", str(tiny_model), "-v", "rtn,bpw=6,overrides=lm_head=8"),

@@ -196,6 +196,58 @@ def test_mixed_precision_run_records_calibration_and_precision(
         assert torch.equal(model(torch.tensor([IDS])).logits, again(torch.tensor([IDS])).logits)
 
 
+def test_gptq_to_a_size_budget_builds_the_chosen_bits_per_layer(
+    tiny_model: Path, calib_file: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    """GPTQModel quantizes at 4 and at 8 bits once, each layer's sensitivity is measured on
+    GPTQ's own weights, and the knapsack's choice is built through GPTQModel's ``dynamic``.
+    An MLP width of 704 makes down_proj fall back to groups of 64, as real widths do, so the
+    per-width builds are mixed-precision checkpoints themselves (int4 5.4 MB, int8 6.2 MB)."""
+    from conftest import quantize_and_measure, reshaped_model
+    from safetensors import safe_open
+
+    model = reshaped_model(tiny_model, tmp_path / "odd", intermediate_size=704, num_hidden_layers=2)
+    metrics = quantize_and_measure(
+        model,
+        tmp_path / "run",
+        ["gptq,max_size_mb=5.8"],
+        "--calibration", str(calib_file), "--calibration-samples", "8",
+        "--calibration-seq-len", "64",
+        evaluators={"size": [], "kl": []},
+    )  # fmt: skip
+    mix = metrics[("gptq-max_size_mb5.8", "cpu")]
+    folder = tmp_path / "run" / "variants" / "gptq-max_size_mb5.8"
+    precision = json.loads((folder / "quantforge-precision.json").read_text())
+    assert mix["size_mb"] <= 5.8 and mix["kl_divergence"] > 0
+    assert abs(mix["size_mb"] - precision["predicted_mb"]) < 0.02 * 5.8
+    assert {"4", "8"} <= set(precision["chosen"]) and precision["budget"] == "5.8 MB"
+    assert set(precision["group_sizes"].values()) == {64}
+    assert list((cache_dir / "gptq-sensitivity").glob("*.json"))
+    # each layer is stored at the bits chosen for it: 32 / bits codes per int32 of qweight
+    widths = {}
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+        for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+            if key.endswith(".qweight"):
+                name = key.removesuffix(".qweight")
+                columns = fh.get_slice(f"{name}.g_idx").get_shape()[0]
+                widths[name] = 32 * fh.get_slice(key).get_shape()[0] // columns
+    chosen = {n: b for n, b in precision["modules"].items() if isinstance(b, int)}
+    assert widths == chosen and set(widths.values()) == {4, 8}
+
+
+def test_a_per_layer_rule_keeps_the_group_size_fallback_of_its_layer() -> None:
+    """A rule naming one module exactly and that module's group-size fallback are the same
+    pattern: one entry must carry both (a lost group size breaks loading on real widths)."""
+    from quantforge_gptq.support import _dynamic
+
+    fallbacks = {f"model.layers.{i}.mlp.down_proj": 64 for i in range(2)}
+    dynamic = _dynamic([(r"^model\.layers\.0\.mlp\.down_proj$", 8)], fallbacks)
+    assert dynamic == {
+        r"+:^model\.layers\.0\.mlp\.down_proj$": {"group_size": 64, "bits": 8},
+        r"+:^model\.layers\.1\.mlp\.down_proj$": {"group_size": 64},
+    }
+
+
 @pytest.mark.parametrize(
     ("variant", "fragment"),
     [
@@ -211,6 +263,8 @@ def test_mixed_precision_run_records_calibration_and_precision(
             "gptq: device 'cuda' was asked for, and this machine has no visible GPU",
         ),
         ("gptq,overrides=layers=5", "'5' in 'layers=5' must be 2, 3, 4, 8 or skip"),
+        ("gptq,bpw=5,max_kl=0.1", "gptq: give exactly one budget: bpw, max_size_mb or max_kl"),
+        ("gptq,bpw=5,overrides=layers=8", "it cannot be combined with overrides"),
     ],
 )
 def test_bad_gptq_options_fail_before_compute(

@@ -97,10 +97,21 @@ class PlanError(UsageError):
 class MissingDependencyError(QuantforgeError):
     """An optional library a plugin needs is not installed."""
 
-    def __init__(self, owner: str, packages: Iterable[str], extra: str | None) -> None:
+    def __init__(
+        self,
+        owner: str,
+        packages: Iterable[str],
+        extra: str | None,
+        *,
+        reason: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        """``reason`` replaces "needs X, which is not installed" (say what is missing when it
+        is not a package of this environment); ``hint`` replaces the pip command."""
         packages = list(packages)
         fix = f"pip install 'quantforge[{extra}]'" if extra else "pip install " + " ".join(packages)
-        super().__init__(f"{owner} needs {', '.join(packages)}, which is not installed", hint=fix)
+        message = reason or f"needs {', '.join(packages)}, which is not installed"
+        super().__init__(f"{owner}{': ' if reason else ' '}{message}", hint=hint or fix)
         self.owner = owner
         self.packages = packages
         self.extra = extra

@@ -300,9 +300,12 @@ class Quantizer(Step):
     :cvar needs_calibration: the step reads ``context.calibration`` (tokenized rows).
     :cvar method: short method label for tables and cards (``"bitsandbytes"``).
     :cvar quantizes_experts: it quantizes mixture-of-experts weights (:func:`expert_count`).
+    :cvar builds_to_budget: it has the options of :func:`quantforge.choosing.budget.
+        budget_option_list` and builds a per-tensor mix to them (see :meth:`budget_options`).
     """
 
     needs_calibration: ClassVar[bool] = False
+    builds_to_budget: ClassVar[bool] = False
     method: ClassVar[str] = ""
     # it quantizes the fused 3-D expert weights of mixture-of-experts models; a method that
     # replaces nn.Linear layers only sets False, and preflight refuses MoE models for it
@@ -337,9 +340,12 @@ class Quantizer(Step):
         """Options that make this method build to a size budget by itself (a per-tensor mix
         of widths), given as the file's size in MB (10^6 bytes) or as bits per weight (one
         of them is set). ``quantforge search --max-size``/``--bpw`` then tries this method
-        once with them, beside the uniform presets of every method. ``None`` (the default):
-        the method has no such option."""
-        return None
+        once with them, beside the uniform presets of every method. The default: the
+        ``max_size_mb`` or ``bpw`` option when ``builds_to_budget``, else ``None`` (the
+        method has no such option)."""
+        if not self.builds_to_budget:
+            return None
+        return {"max_size_mb": max_size_mb} if max_size_mb is not None else {"bpw": bpw or 0.0}
 
     def load_model(self, artifact: Artifact) -> Any | None:
         """Load this quantizer's output as a torch module, for formats a plain

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import Artifact, Option, OptionSet, Quantizer, StepContext, hookimpl
+from quantforge.choosing.budget import budget_option_list, given_budget
 from quantforge.errors import UnsupportedModelError, UsageError
 from quantforge.interfaces import gpu_visible
 from quantforge.options import OptionValue
@@ -71,6 +72,8 @@ class _GPTQModelMethod(Quantizer):
         from quantforge_gptq.support import parse_overrides
 
         parse_overrides(self.name, str(options["overrides"]))
+        if self.builds_to_budget:
+            given_budget(self.name, options)
 
     def quantize(
         self,
@@ -98,6 +101,7 @@ class GPTQQuantizer(_GPTQModelMethod):
     method = "GPTQ"
     description = "GPTQ (second-order, calibrated) 2/3/4/8-bit weights via GPTQModel"
     output_format = "hf+gptq"
+    builds_to_budget = True  # bpw, max_size_mb or max_kl: see quantforge_gptq.budget
     options = OptionSet(
         [
             Option("bits", int, 4, "weight bits", choices=[2, 3, 4, 8]),
@@ -114,6 +118,7 @@ class GPTQQuantizer(_GPTQModelMethod):
                 max=1.0,
             ),
             *COMMON,
+            *budget_option_list("4, 8 or float bits"),
         ],
         presets={
             "int4": {"bits": 4},
@@ -124,6 +129,8 @@ class GPTQQuantizer(_GPTQModelMethod):
     )
 
     def bits(self, options: Mapping[str, OptionValue]) -> float | None:
+        if given_budget(self.name, options):
+            return float(str(options["bpw"])) or None  # a mix: its bits are measured
         return float(options["bits"])
 
 

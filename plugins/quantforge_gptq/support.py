@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from quantforge.choosing.budget import given_budget
 from quantforge.errors import UsageError
 from quantforge.interfaces import StepContext, fitting_group_size
 from quantforge.layer_progress import blocks_progress
@@ -97,8 +98,8 @@ def _dynamic(
         regex = f".*{pattern}.*" if not pattern.startswith("^") else pattern
         if rule_bits is None:
             dynamic[f"-:{regex}"] = {}
-        else:
-            dynamic[f"+:{regex}"] = {"bits": rule_bits}
+        else:  # a fallback entry of the same pattern already carries these bits
+            dynamic.setdefault(f"+:{regex}", {"bits": rule_bits})
     return dynamic or None
 
 
@@ -197,7 +198,18 @@ def run_gptqmodel(
     output: Path,
     options: Mapping[str, OptionValue],
     context: StepContext,
+    rules: list[Rule] | None = None,
+    report: Mapping[str, Any] | None = None,
 ) -> None:
+    """Quantize ``source`` into ``output`` with GPTQModel. ``rules``: per-layer bits (in place
+    of the ``overrides`` option); ``report``: more for the precision file. A GPTQ budget
+    (``bpw``, ``max_size_mb``, ``max_kl``) goes to :func:`quantforge_gptq.budget.build_to_budget`,
+    which chooses the rules and comes back here."""
+    if rules is None and method == "gptq" and given_budget(method, options):
+        from quantforge_gptq.budget import build_to_budget
+
+        build_to_budget(source, output, options, context)
+        return
     prepare_environment()
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
 
@@ -205,7 +217,8 @@ def run_gptqmodel(
         raise RuntimeError(f"{method} needs calibration rows")
     bits = int(options["bits"])
     group_size = int(options["group_size"])
-    rules = parse_overrides(method, str(options["overrides"]))
+    if rules is None:
+        rules = parse_overrides(method, str(options["overrides"]))
     fallbacks = group_fallbacks(source, group_size)
     used, note = group_size, ""
     if fallbacks and method == "awq":
@@ -246,7 +259,7 @@ def run_gptqmodel(
         )
     model.save(str(output))
     copy_tokenizer_files(source, output)
-    precision = precision_map(output, bits)
+    precision = {**(report or {}), **precision_map(output, bits)}
     if fallbacks:
         precision["group_size"] = group_size
         precision["group_sizes"] = dict(sorted(fallbacks.items()))

@@ -28,6 +28,7 @@ from quantforge import (
     Target,
     hookimpl,
 )
+from quantforge.choosing.budget import budget_option_list, given_budget
 from quantforge.errors import QuantforgeError, UnsupportedModelError, UsageError
 from quantforge.model.artifacts import copy_files
 from quantforge.options import OptionValue
@@ -244,22 +245,11 @@ class GGUFMixQuantizer(Quantizer):
     requires = REQUIRES
     extra = "gguf"
     needs_calibration = True  # sensitivities are measured on the calibration tokens
+    builds_to_budget = True
     options = OptionSet(
         [
-            Option("bpw", float, 0.0, "bits per weight of the whole file's tensors", min=0.0),
-            Option("max_size_mb", float, 0.0, "the file's size at most (MB, 10^6 bytes)", min=0.0),
-            Option(
-                "max_kl", float, 0.0, "predicted KL divergence at most (the smallest mix)", min=0.0
-            ),
+            *budget_option_list("one of the candidate types"),
             Option("types", str, "", "candidate ggml types (default Q3_K to Q8_0 and IQ4_NL)"),
-            Option(
-                "tokens",
-                int,
-                256,
-                "calibration tokens each sensitivity is measured on",
-                min=16,
-                max=8192,
-            ),
             Option(
                 "threads", int, 0, "quantization threads (0: every core this job may use)", min=0
             ),
@@ -270,21 +260,10 @@ class GGUFMixQuantizer(Quantizer):
         bpw = float(str(options["bpw"]))
         return bpw or None
 
-    def budget_options(
-        self, max_size_mb: float | None, bpw: float | None
-    ) -> dict[str, OptionValue] | None:
-        return {"max_size_mb": max_size_mb} if max_size_mb is not None else {"bpw": bpw or 0.0}
-
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         from quantforge_llamacpp.mix import DEFAULT_TYPES, parse_types
 
-        budgets = [k for k in ("bpw", "max_size_mb", "max_kl") if float(str(options[k])) > 0]
-        if len(budgets) != 1:
-            raise UsageError(
-                "gguf-mix: give exactly one budget: bpw, max_size_mb or max_kl"
-                + (f" (got {', '.join(budgets)})" if budgets else ""),
-                hint="e.g. gguf-mix,bpw=4.5 or gguf-mix,max_size_mb=100",
-            )
+        given_budget(self.name, options, required=True)
         parse_types(str(options["types"]) or DEFAULT_TYPES)
 
     def quantize(

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from quantforge.choosing.allocation import Choice, Sensitivity
+from quantforge.choosing.sensitivity import KLProbe
 from quantforge.errors import UsageError
-from quantforge.model.sensitivity import KLProbe
 
 # candidate ggml type -> the llama.cpp ftype whose pure quantization writes it
 TYPE_FTYPES: dict[str, str] = {
@@ -113,26 +113,24 @@ def measure(
 
     probe = KLProbe(model, rows)
 
-    choices: dict[str, list[Choice]] = {}
-    for done, (name, (hf_name, order)) in enumerate(sorted(decided.items())):
-        param = params[hf_name]
-        original = param.detach().clone()
-        seen: dict[str, Choice] = {}
-        for _label, found in tensors.items():
+    def candidates(name: str, shape: Any, order: Any) -> Any:
+        seen = set()
+        for found in tensors.values():
             quantized = found[name]
             actual = quantized.tensor_type.name
-            if actual in seen:
+            if actual in seen:  # llama.cpp fell back to a type already measured
                 continue
+            seen.add(actual)
             values = gguf.quants.dequantize(quantized.data, quantized.tensor_type)
-            values = np.asarray(values, dtype=np.float32).reshape(original.shape)
+            values = np.asarray(values, dtype=np.float32).reshape(shape)
             restored = np.empty_like(values)
             restored[order] = values
-            with torch.no_grad():
-                param.copy_(torch.from_numpy(restored))
-            seen[actual] = Choice(actual, int(quantized.n_bytes), probe.kl(probe.block_of(hf_name)))
-        with torch.no_grad():
-            param.copy_(original)
-        choices[name] = sorted(seen.values(), key=lambda c: c.nbytes)
+            yield actual, int(quantized.n_bytes), torch.from_numpy(restored)
+
+    choices: dict[str, list[Choice]] = {}
+    for done, (name, (hf_name, order)) in enumerate(sorted(decided.items())):
+        shape = tuple(params[hf_name].shape)
+        choices[name] = probe.choices(hf_name, candidates(name, shape, order))
         progress(done + 1, len(decided))
 
     top = max(typed, key=lambda t: sum(x.n_bytes for x in readers[t].tensors))

@@ -167,11 +167,13 @@ class LLMCompressorQuantizer(Quantizer):
             raise MissingDependencyError(self.name, missing, self.extra)
         why = missing_reason()
         if why:
-            error = MissingDependencyError(self.name, [f"llmcompressor {LLMCOMPRESSOR}"], None)
-            error.message = f"{self.name}: {why}"
-            error.args = (error.message,)
-            error.hint = f"make it once with `{MAKE_COMMAND}` (about 1.5 GB, a few minutes)"
-            raise error
+            raise MissingDependencyError(
+                self.name,
+                [f"llmcompressor {LLMCOMPRESSOR}"],
+                None,
+                reason=why,
+                hint=f"make it once with `{MAKE_COMMAND}` (about 1.5 GB, a few minutes)",
+            )
 
     def check_model(self, options: Mapping[str, OptionValue], config: Mapping[str, Any]) -> None:
         self.check_available()

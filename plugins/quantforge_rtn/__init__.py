@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge import Artifact, Option, OptionSet, Quantizer, StepContext, hookimpl
+from quantforge.choosing.budget import budget_option_list, given_budget
 from quantforge.options import OptionValue
 
 
@@ -26,6 +27,7 @@ class RTNQuantizer(Quantizer):
     requires = ("torch", "transformers", "safetensors")
     extra = "rtn"
     group_size_fallback = True  # per layer; see fitting_group_size
+    builds_to_budget = True  # bpw, max_size_mb or max_kl: see quantforge.choosing.budget
     options = OptionSet(
         [
             Option("bits", int, 4, "weight bits", choices=[4, 8]),
@@ -51,37 +53,13 @@ class RTNQuantizer(Quantizer):
                 "",
                 "mixed precision: 'PATTERN=BITS|skip;...' (regex over module names), e.g. 'layers\\.0\\.=8'",
             ),
-            Option(
-                "bpw",
-                float,
-                0.0,
-                "budget: bits per weight; each layer gets 4, 8 or float bits, chosen from "
-                "measured sensitivities (replaces overrides)",
-                min=0.0,
-            ),
-            Option("max_size_mb", float, 0.0, "budget: the folder's size at most (MB)", min=0.0),
-            Option("max_kl", float, 0.0, "budget: predicted KL divergence at most", min=0.0),
-            Option(
-                "tokens",
-                int,
-                256,
-                "calibration tokens each sensitivity is measured on (with a budget)",
-                min=16,
-                max=8192,
-            ),
+            *budget_option_list("4, 8 or float bits"),
         ],
         presets={"int4": {"bits": 4}, "int8": {"bits": 8}},
     )
 
     def calibrates(self, options: Mapping[str, OptionValue]) -> bool:
-        from quantforge_rtn.budget import budget_of
-
-        return budget_of(options) is not None
-
-    def budget_options(
-        self, max_size_mb: float | None, bpw: float | None
-    ) -> dict[str, OptionValue] | None:
-        return {"max_size_mb": max_size_mb} if max_size_mb is not None else {"bpw": bpw or 0.0}
+        return given_budget(self.name, options) is not None
 
     def bits(self, options: Mapping[str, OptionValue]) -> float | None:
         return float(options["bits"])
@@ -91,9 +69,7 @@ class RTNQuantizer(Quantizer):
         from quantforge.model.overrides import parse_overrides
 
         parse_overrides(self.name, str(options["overrides"]), (4, 8))
-        from quantforge_rtn.budget import budget_of
-
-        budget_of(options)
+        given_budget(self.name, options)
 
     def quantize(
         self,

@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from quantforge.choosing.budget import given_budget
+from quantforge.choosing.sensitivity import cut_rows
 from quantforge.errors import UsageError
 from quantforge.interfaces import StepContext, fitting_group_size
 from quantforge.model.artifacts import PRECISION_FILE, copy_tokenizer_files
 from quantforge.model.overrides import Rule, bits_for, parse_overrides
-from quantforge.model.sensitivity import cut_rows
 from quantforge.options import OptionValue
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from quantforge_rtn.budget import budget_of, budget_rules
+from quantforge_rtn.budget import budget_rules
 from quantforge_rtn.kernels import dequantize, quantize_weight
 
 CONFIG_FILE = "rtn_config.json"
@@ -107,7 +108,7 @@ def quantize_folder(
     model = copy.deepcopy(base)
     shared = _shared_weights(model)
     chosen: dict[str, Any] = {}
-    if budget_of(options):
+    if given_budget("rtn", options):
         if context.calibration is None:
             raise UsageError("rtn: a budget needs calibration tokens to measure sensitivities")
         layers, fitted, _ = _targets(model, skip, group_size, [], bits, shared)

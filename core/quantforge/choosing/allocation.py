@@ -9,9 +9,12 @@ smallest total whose optimum meets a KL budget. Quantizers that build to a budge
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 BINS = 20_000  # resolution of the size axis of the knapsack
@@ -58,6 +61,21 @@ class Sensitivity:
             int(data["params"]),
             int(data["overhead_bytes"]),
         )
+
+    @classmethod
+    def load(cls, path: Path) -> Sensitivity | None:
+        """A table :meth:`save` wrote, or ``None`` when there is none (or it is unreadable)."""
+        try:
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, path: Path) -> None:
+        """Write the table to ``path`` whole or not at all (a temporary file, then renamed)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(self.as_dict()), encoding="utf-8")
+        partial.replace(path)
 
 
 def choose(sensitivity: Sensitivity, budget_bytes: float) -> dict[str, Choice] | None:

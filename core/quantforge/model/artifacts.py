@@ -104,20 +104,32 @@ def check_hf_folder(path: Path) -> None:
             raise ModelSourceError(f"{file} is not readable")
 
 
-def safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Every tensor's shape in the ``*.safetensors`` files of ``path``, read from their JSON
-    headers (no torch, no weights read)."""
+def _safetensors_headers(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every tensor's header entry (dtype, shape, data_offsets) in the ``*.safetensors``
+    files of ``path`` (no torch, no weights read)."""
     import struct
 
-    shapes: dict[str, list[int]] = {}
     for file in sorted(path.glob("*.safetensors")):
         with file.open("rb") as fh:
             (length,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(length))
         for name, entry in header.items():
             if name != "__metadata__":
-                shapes[name] = list(entry["shape"])
-    return shapes
+                yield name, entry
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Every tensor's shape in the ``*.safetensors`` files of ``path``, read from their JSON
+    headers (no torch, no weights read)."""
+    return {name: list(entry["shape"]) for name, entry in _safetensors_headers(path)}
+
+
+def safetensors_nbytes(path: Path) -> dict[str, int]:
+    """Every tensor's size in bytes in the ``*.safetensors`` files of ``path`` (headers only)."""
+    return {
+        name: int(entry["data_offsets"][1]) - int(entry["data_offsets"][0])
+        for name, entry in _safetensors_headers(path)
+    }
 
 
 def copy_files(source: Path, output: Path, names: Iterable[str]) -> None:

@@ -9,9 +9,11 @@ average and changes nothing (their inputs and weights are the base's).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+from quantforge.choosing.allocation import Choice
 
 
 def cut_rows(samples: Sequence[Sequence[int]], tokens: int) -> list[list[int]]:
@@ -111,3 +113,29 @@ class KLProbe:
         with self.replay.replaying(block):
             got = self._log_probs()
         return max(float((self.probs * (self.reference - got)).sum()) / self.tokens, 0.0)
+
+    def choices(
+        self, param_name: str, candidates: Iterable[tuple[str, int, Any | None]]
+    ) -> list[Choice]:
+        """Each way ``param_name`` can be stored, measured alone: ``candidates`` yields its
+        type, its bytes and the values the model then computes with (a tensor of the
+        parameter's shape; ``None``: the base's own values, KL 0). The parameter is restored
+        afterwards. Returns the choices smallest first."""
+        import torch
+
+        param = self.model.get_parameter(param_name)
+        original = param.detach().clone()
+        block = self.block_of(param_name)
+        found: list[Choice] = []
+        try:
+            for kind, nbytes, values in candidates:
+                if values is None:
+                    found.append(Choice(kind, nbytes, 0.0))
+                    continue
+                with torch.no_grad():
+                    param.copy_(values.reshape(param.shape).to(param.dtype))
+                found.append(Choice(kind, nbytes, self.kl(block)))
+        finally:
+            with torch.no_grad():
+                param.copy_(original)
+        return sorted(found, key=lambda c: c.nbytes)
