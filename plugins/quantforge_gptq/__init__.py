@@ -99,9 +99,13 @@ class _GPTQModelMethod(Quantizer):
 class GPTQQuantizer(_GPTQModelMethod):
     name = "gptq"
     method = "GPTQ"
-    description = "GPTQ (second-order, calibrated) 2/3/4/8-bit weights via GPTQModel"
+    description = (
+        "GPTQ (second-order, calibrated) 2/3/4/8-bit weights via GPTQModel; 4/8 bits per "
+        "layer to a budget (bpw, max_size_mb, max_kl)"
+    )
     output_format = "hf+gptq"
     builds_to_budget = True  # bpw, max_size_mb or max_kl: see quantforge_gptq.budget
+    version = "2"  # a per-layer rule keeps its layer's group-size fallback
     options = OptionSet(
         [
             Option("bits", int, 4, "weight bits", choices=[2, 3, 4, 8]),

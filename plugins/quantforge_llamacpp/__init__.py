@@ -246,6 +246,7 @@ class GGUFMixQuantizer(Quantizer):
     extra = "gguf"
     needs_calibration = True  # sensitivities are measured on the calibration tokens
     builds_to_budget = True
+    version = "2"  # the precision file says "chosen"
     options = OptionSet(
         [
             *budget_option_list("one of the candidate types"),

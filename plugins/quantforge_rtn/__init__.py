@@ -28,6 +28,7 @@ class RTNQuantizer(Quantizer):
     extra = "rtn"
     group_size_fallback = True  # per layer; see fitting_group_size
     builds_to_budget = True  # bpw, max_size_mb or max_kl: see quantforge.choosing.budget
+    version = "2"  # the precision file says "chosen"
     options = OptionSet(
         [
             Option("bits", int, 4, "weight bits", choices=[4, 8]),
