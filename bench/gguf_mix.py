@@ -1,13 +1,15 @@
 """gguf-mix (a GGUF type per tensor, chosen from measured sensitivities) at the size of
 llama.cpp's own presets, beside those presets, on one harness.
 
-    .venv/bin/python bench/gguf_mix.py [--model DIR | --real] [--presets q4_k_m,q3_k_m]
+    .venv/bin/python bench/gguf_mix.py [--model DIR | --real] [--presets q4_k_m,q3_k_m] [--probes 2]
 
 For each preset: quantforge builds it with llama.cpp and measures its size; then builds
 ``gguf-mix,max_size_mb=<that size>`` and measures both with llama.cpp on the same held-out
 token ids (KL divergence, top-1 agreement and perplexity against the HF base). The mix
 measures its sensitivities on the calibration text (built-in prose), never on the
 evaluation text. Prints both rows and the ratio of KL, mix / preset (below 1: the mix wins).
+``--probes 1|2``: the mix measures that many types per linear weight and estimates the rest
+(``gguf-mix,probes=``); the time its sensitivities took is printed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 EVAL = ["window=512", "stride=256", "max_tokens=1024"]
@@ -53,6 +56,9 @@ def main() -> None:
     )
     parser.add_argument("--presets", default="q4_k_m,q3_k_m", help="llama.cpp presets to match")
     parser.add_argument("--out", type=Path, help="run folder (default: a temporary one)")
+    parser.add_argument(
+        "--probes", type=int, default=0, help="gguf-mix probes (0: every type measured)"
+    )
     args = parser.parse_args()
     from quantforge.testing import build_tiny_model, real_model
 
@@ -65,9 +71,12 @@ def main() -> None:
             _run(model, out, f"llamacpp:{preset}")
             uniform = _measured(out)[f"llamacpp-{preset}"]
             size = round(uniform["size_mb"], 3)
-            mix_spec = f"gguf-mix,max_size_mb={size:g}"
+            probes = f",probes={args.probes}" if args.probes else ""
+            mix_spec = f"gguf-mix,max_size_mb={size:g}{probes}"
+            started = time.monotonic()
             _run(model, out, mix_spec)
-            mix_name = f"gguf-mix-max_size_mb{size:g}"
+            took = time.monotonic() - started
+            mix_name = f"gguf-mix-max_size_mb{size:g}{probes.replace(',', '-').replace('=', '')}"
             mix = _measured(out)[mix_name]
             precision = json.loads(
                 (out / "variants" / mix_name / "quantforge-precision.json").read_text()
@@ -78,7 +87,8 @@ def main() -> None:
                     f"{m['top1_agreement']:7.2%} {m.get('perplexity', float('nan')):8.3f}"
                 )
             print(
-                f"  mix types {precision['chosen']}, predicted KL {precision['predicted_kl']:.5f}"
+                f"  mix types {precision['chosen']}, predicted KL {precision['predicted_kl']:.5f}, "
+                f"build with its sensitivities {took:.0f} s (from the cache when measured before)"
             )
             print(
                 f"ratio KL gguf-mix / llamacpp:{preset} at {size:g} MB: "

@@ -64,6 +64,49 @@ def test_a_kl_budget_gets_the_smallest_mix_that_meets_it() -> None:
     assert choose_for_kl(sens, predicted_kl(largest) / 2) is None
 
 
+def _rounded(weight, bits: int):  # type: ignore[no-untyped-def]
+    """``weight`` rounded to ``bits`` per row, symmetric: a quantizer's candidate."""
+    top = weight.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
+    return (weight / top).round() * top
+
+
+def test_the_probe_replays_exactly_and_estimates_within_a_factor(tiny_model: Path) -> None:
+    """The blocks before a changed tensor are replayed, not recomputed, and change nothing;
+    the KL of widths not measured, estimated from their output error by the power law
+    through two measured ones, stays within a factor of 2 of the measured KL."""
+    import torch
+    from quantforge.choosing.sensitivity import KLProbe, input_energy
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    rows = [list(range(5 + i, 69 + i)) for i in range(4)]
+    probe = KLProbe(model, rows)
+    name = "model.layers.2.mlp.down_proj.weight"
+    weight = model.get_parameter(name).detach().clone()
+    with torch.no_grad():
+        model.get_parameter(name).copy_(_rounded(weight, 3))
+    assert probe.kl(probe.block_of(name)) == pytest.approx(probe.kl(None), rel=1e-9)
+    with torch.no_grad():
+        model.get_parameter(name).copy_(weight)
+
+    def candidates():  # type: ignore[no-untyped-def]
+        yield "float", weight.numel() * 4, None
+        for bits in (2, 3, 4, 5, 6, 8):
+            yield str(bits), weight.numel() * bits // 8, _rounded(weight, bits)
+
+    measured = {c.type: c.kl for c in probe.choices(name, candidates())}
+    energy = input_energy(model, probe.ids)["model.layers.2.mlp.down_proj"]
+    estimated = {c.type: c.kl for c in probe.estimated_choices(name, candidates(), energy, 2)}
+    assert torch.equal(model.get_parameter(name).detach(), weight)  # restored
+    assert estimated["float"] == measured["float"] == 0
+    # measured: the smallest (2 bits) and the middle one by size (5 bits); the rest estimated
+    assert [b for b in measured if b != "float" and estimated[b] == measured[b]] == ["2", "5"]
+    for bits in ("3", "4", "6", "8"):
+        assert measured[bits] / 2 < estimated[bits] < measured[bits] * 2, (bits, measured, estimated)
+    widths = [estimated[b] for b in ("2", "3", "4", "5", "6", "8")]
+    assert widths == sorted(widths, reverse=True)
+
+
 @pytest.fixture(scope="module")
 def mix_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Metrics]:
     out = tmp_path_factory.mktemp("gguf-mix") / "run"

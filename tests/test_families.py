@@ -69,8 +69,9 @@ TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino", "mlx", "executorch"]
 # QUANTFORGE_FAMILIES=all (or a comma-separated list of families): the whole matrix on them
 CHOSEN = os.environ.get("QUANTFORGE_FAMILIES", "")
 FULL_ON = set(FAMILIES) if CHOSEN == "all" else {f for f in CHOSEN.split(",") if f}
-# What CI runs (the whole matrix takes about half an hour on two cores): two PyTorch
-# methods on every family (a load, a quantize, a reload and a measurement each); HQQ and
+# What CI runs (the whole matrix takes about half an hour on two cores): RTN on every
+# family (a load, a quantize, a reload and a measurement each), bitsandbytes on one family
+# per block layout and on the fused, soft-capped and MoE ones; HQQ and
 # torchao on one family per block layout (Llama, GPT-NeoX, whose blocks are elsewhere, and
 # the MoE, which both refuse); llama.cpp on one family per converter path and tokenizer
 # kind; the cells that broke before this matrix existed (sliding windows and
@@ -78,13 +79,14 @@ FULL_ON = set(FAMILIES) if CHOSEN == "all" else {f for f in CHOSEN.split(",") if
 # and MLX where transformers 5's configs differ from what mlx-lm reads (GPT-NeoX's rotary
 # keys, Qwen3-MoE's expert count; Gemma 3's layer pattern is tested in test_mlx.py);
 # llm-compressor's refusal of the MoE (its tiny Llama runs in test_llmcompressor.py).
-EVERY_FAMILY = ["rtn:int8", "bnb:nf4"]
+EVERY_FAMILY = ["rtn:int8"]
 SOME_FAMILIES = {
-    "llama": ["hqq:int8", "torchao:int8", "llamacpp:q8_0"],
+    "llama": ["bnb:nf4", "hqq:int8", "torchao:int8", "llamacpp:q8_0"],
     "qwen2": ["llamacpp:q8_0"],
-    "gemma2": ["llamacpp:q8_0", "awq:int4", "ort:int8", "nncf:int8"],
-    "phi3": ["llamacpp:q8_0", "gptq:int4", "awq:int4", "ort:int8"],
+    "gemma2": ["bnb:nf4", "llamacpp:q8_0", "awq:int4", "ort:int8", "nncf:int8"],
+    "phi3": ["bnb:nf4", "llamacpp:q8_0", "gptq:int4", "awq:int4", "ort:int8"],
     "gpt_neox": [
+        "bnb:nf4",
         "hqq:int8",
         "torchao:int8",
         "llamacpp:q8_0",
@@ -93,6 +95,7 @@ SOME_FAMILIES = {
         "mlx-lm:8bit",
     ],
     "qwen3_moe": [
+        "bnb:nf4",
         "hqq:int8",
         "torchao:int8",
         "llamacpp:q8_0",

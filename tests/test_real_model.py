@@ -33,7 +33,7 @@ VARIANTS = [
     "llm-compressor:w4a16",
 ]
 TARGETS = ["cpu", "llama.cpp", "onnxruntime", "openvino"]
-WINDOWS = ["window=512", "stride=256", "max_tokens=1024"]
+WINDOWS = ["window=512", "stride=256", "max_tokens=768"]
 
 
 @pytest.fixture(scope="session")

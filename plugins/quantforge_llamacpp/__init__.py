@@ -252,6 +252,15 @@ class GGUFMixQuantizer(Quantizer):
             *budget_option_list("one of the candidate types"),
             Option("types", str, "", "candidate ggml types (default Q3_K to Q8_0 and IQ4_NL)"),
             Option(
+                "probes",
+                int,
+                0,
+                "types whose KL is measured per linear weight (0: every type; 1 or 2: the rest "
+                "estimated from their output error, several times faster)",
+                min=0,
+                max=2,
+            ),
+            Option(
                 "threads", int, 0, "quantization threads (0: every core this job may use)", min=0
             ),
         ]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from quantforge.choosing.allocation import Choice, Sensitivity
-from quantforge.choosing.sensitivity import KLProbe
+from quantforge.choosing.sensitivity import KLProbe, input_energy
 from quantforge.errors import UsageError
 
 # candidate ggml type -> the llama.cpp ftype whose pure quantization writes it
@@ -76,8 +76,11 @@ def measure(
     rows: Sequence[Sequence[int]],
     gguf: Any,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    probes: int = 0,
 ) -> Sensitivity:
-    """Each matrix's KL at each candidate type (``typed``: type -> its pure GGUF), alone."""
+    """Each matrix's KL at each candidate type (``typed``: type -> its pure GGUF), alone.
+    ``probes`` 1 or 2: the KL of that many types per linear weight is measured and the rest
+    estimated from their output error (:meth:`KLProbe.estimated_choices`); 0: all measured."""
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
@@ -127,10 +130,16 @@ def measure(
             restored[order] = values
             yield actual, int(quantized.n_bytes), torch.from_numpy(restored)
 
+    energy = input_energy(model, probe.ids) if probes else {}
     choices: dict[str, list[Choice]] = {}
     for done, (name, (hf_name, order)) in enumerate(sorted(decided.items())):
         shape = tuple(params[hf_name].shape)
-        choices[name] = probe.choices(hf_name, candidates(name, shape, order))
+        found = candidates(name, shape, order)
+        layer = hf_name.removesuffix(".weight")
+        if layer in energy:
+            choices[name] = probe.estimated_choices(hf_name, found, energy[layer], probes)
+        else:  # embeddings, and everything when probes is 0
+            choices[name] = probe.choices(hf_name, found)
         progress(done + 1, len(decided))
 
     top = max(typed, key=lambda t: sum(x.n_bytes for x in readers[t].tensors))

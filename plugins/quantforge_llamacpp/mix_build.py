@@ -46,6 +46,7 @@ def build_mix(
     types = parse_types(str(options["types"]) or DEFAULT_TYPES)
     rows = cut_rows(context.calibration.samples, int(str(options["tokens"])))
     threads = int(str(options["threads"])) or len(os.sched_getaffinity(0))
+    probes = int(str(options["probes"]))
     with tempfile.TemporaryDirectory(prefix="gguf-mix-", dir=output.parent) as tmp:
         typed = {}
         for t in types:
@@ -62,6 +63,7 @@ def build_mix(
                 llama_cpp_version(),
                 types,
                 rows,
+                *([probes] if probes else []),
             ],
         )
         sens = Sensitivity.load(cached)
@@ -69,7 +71,8 @@ def build_mix(
             context.log(f"gguf-mix: sensitivities from {cached}")
         else:
             context.log(
-                f"gguf-mix: measuring {len(types)} types per matrix on {sum(map(len, rows))} tokens"
+                f"gguf-mix: measuring {probes or len(types)} of {len(types)} types per matrix on "
+                f"{sum(map(len, rows))} tokens"
             )
             sens = measure(
                 context.base_model,
@@ -78,6 +81,7 @@ def build_mix(
                 rows,
                 gguf,
                 lambda done, total: context.progress(done, total, "tensors"),
+                probes,
             )
             sens.save(cached)
         if not sens.choices:

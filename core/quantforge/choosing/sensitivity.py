@@ -16,6 +16,32 @@ from typing import Any
 from quantforge.choosing.allocation import Choice
 
 
+def input_energy(model: Any, ids: Any) -> dict[str, Any]:
+    """Each ``nn.Linear``'s inputs on ``ids`` (one pass of the model as it is), as the sum of
+    their squares per input column: the diagonal of XᵀX, which weighs each column's weight
+    error in the layer's output (what llama.cpp's importance matrix holds)."""
+    import torch
+
+    energy: dict[str, Any] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+
+            def keep(_m: Any, args: Any, name: str = name) -> None:
+                x = args[0].detach().double()
+                found = x.reshape(-1, x.shape[-1]).square().sum(0)
+                energy[name] = energy[name] + found if name in energy else found
+
+            hooks.append(module.register_forward_pre_hook(keep))
+    try:
+        with torch.inference_mode():
+            model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    return energy
+
+
 def cut_rows(samples: Sequence[Sequence[int]], tokens: int) -> list[list[int]]:
     """Calibration rows cut to ``tokens`` tokens in all (the last row shortened)."""
     rows: list[list[int]] = []
@@ -139,3 +165,43 @@ class KLProbe:
             with torch.no_grad():
                 param.copy_(original)
         return sorted(found, key=lambda c: c.nbytes)
+
+    def estimated_choices(
+        self,
+        param_name: str,
+        candidates: Iterable[tuple[str, int, Any | None]],
+        energy: Any,
+        measured: int = 2,
+    ) -> list[Choice]:
+        """Like :meth:`choices`, measuring only ``measured`` (1 or 2) of the candidates: the
+        smallest, and the one in the middle by size. The others' KL is estimated from their
+        output error, ``e = Σ_j energy_j Σ_i ΔW_ij²`` (``energy``: :func:`input_energy` of the
+        layer), by the power law ``KL = c·e^b`` through the measured points (``b`` = 1 with
+        one point; KL is quadratic in a small change of the logits, as ``e`` is)."""
+        import math
+
+        base = self.model.get_parameter(param_name).detach().double()
+        found: list[tuple[str, int, Any, float]] = []
+        for kind, nbytes, values in candidates:
+            if values is None:
+                found.append((kind, nbytes, None, 0.0))
+                continue
+            delta = values.reshape(base.shape).double() - base
+            found.append((kind, nbytes, values, float((delta.square().sum(0) * energy).sum())))
+        quantized = sorted((f for f in found if f[2] is not None), key=lambda f: f[1])
+        picks = quantized[:1]
+        if measured > 1 and len(quantized) > 2:
+            picks.append(quantized[len(quantized) // 2])
+        kls = {c.type: c.kl for c in self.choices(param_name, [f[:3] for f in picks])}
+        points = [(f[3], kls[f[0]]) for f in picks if f[3] > 0 and kls[f[0]] > 0]
+        exponent, scale = 1.0, 0.0
+        if len(points) == 2 and points[0][0] != points[1][0]:
+            (e1, k1), (e2, k2) = points
+            exponent = min(max(math.log(k2 / k1) / math.log(e2 / e1), 0.5), 2.0)
+        if points:
+            scale = points[0][1] / points[0][0] ** exponent
+        result = [
+            Choice(kind, nbytes, kls[kind] if kind in kls else scale * error**exponent)
+            for kind, nbytes, _values, error in found
+        ]
+        return sorted(result, key=lambda c: c.nbytes)
