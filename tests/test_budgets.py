@@ -102,7 +102,11 @@ def test_the_probe_replays_exactly_and_estimates_within_a_factor(tiny_model: Pat
     # measured: the smallest (2 bits) and the middle one by size (5 bits); the rest estimated
     assert [b for b in measured if b != "float" and estimated[b] == measured[b]] == ["2", "5"]
     for bits in ("3", "4", "6", "8"):
-        assert measured[bits] / 2 < estimated[bits] < measured[bits] * 2, (bits, measured, estimated)
+        assert measured[bits] / 2 < estimated[bits] < measured[bits] * 2, (
+            bits,
+            measured,
+            estimated,
+        )
     widths = [estimated[b] for b in ("2", "3", "4", "5", "6", "8")]
     assert widths == sorted(widths, reverse=True)
 
