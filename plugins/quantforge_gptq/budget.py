@@ -11,21 +11,26 @@ budget on the same base and calibration costs one GPTQ run.
 
 from __future__ import annotations
 
-import re
+import math
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from quantforge.choosing.allocation import Choice, Sensitivity
-from quantforge.choosing.budget import BUDGET_KEYS, sensitivity_file, solve, summary
+from quantforge.choosing.budget import (
+    BUDGET_KEYS,
+    FLOAT,
+    layer_rules,
+    sensitivity_file,
+    solve,
+    summary,
+)
 from quantforge.choosing.sensitivity import KLProbe, cut_rows
 from quantforge.interfaces import StepContext
 from quantforge.model.artifacts import safetensors_nbytes, safetensors_shapes
-from quantforge.model.overrides import Rule
 from quantforge.options import OptionValue
 
-FLOAT = "float"
 WIDTHS = (4, 8)
 PACKED = ("qweight", "qzeros", "scales", "g_idx", "bias")  # what a GPTQ layer stores
 
@@ -70,7 +75,7 @@ def _measure(
     shapes = safetensors_shapes(builds[widest])
     # a layer left in float is stored like the float tensors GPTQModel writes
     element = next(
-        stored[n] // max(1, _count(shapes[n]))
+        stored[n] // max(1, math.prod(shapes[n]))
         for n in sorted(stored)
         if n.endswith(".weight") and len(shapes[n]) == 2
     )
@@ -95,16 +100,9 @@ def _measure(
     return Sensitivity(
         choices,
         fixed_bytes=tensor_bytes - decided,
-        params=sum(_count(s) for s in base.values()),
+        params=sum(math.prod(s) for s in base.values()),
         overhead_bytes=overhead - tensor_bytes + 4096,  # 4 KB: quantforge.json, the report
     )
-
-
-def _count(shape: list[int]) -> int:
-    count = 1
-    for n in shape:
-        count *= n
-    return count
 
 
 def build_to_budget(
@@ -115,12 +113,11 @@ def build_to_budget(
 ) -> None:
     """Measure (or read from the cache) the sensitivities, choose the bits per layer, and let
     GPTQModel build the mix into ``output``."""
-    from quantforge_gptq.support import run_gptqmodel
+    from quantforge_gptq.support import gptqmodel_version, run_gptqmodel
 
     assert context.calibration is not None
     uniform = {**options, **dict.fromkeys(BUDGET_KEYS, 0.0)}
     rows = cut_rows(context.calibration.samples, int(str(options["tokens"])))
-    from quantforge_gptq.support import gptqmodel_version
 
     keys = ("group_size", "act_order", "symmetric", "damp", "tokens")
     cached = sensitivity_file(
@@ -145,10 +142,8 @@ def build_to_budget(
             )
         sens.save(cached)
     chosen, budget = solve("gptq", sens, options)
-    rules: list[Rule] = [
-        (f"^{re.escape(n)}$", None if c.type == FLOAT else int(c.type))
-        for n, c in sorted(chosen.items())
-    ]
     report = summary(sens, chosen, budget, sum(map(len, rows)))
     context.log(f"gptq: {budget}: layers per width {report['chosen']}")
-    run_gptqmodel("gptq", source, output, {**uniform, "bits": 4}, context, rules, report)
+    run_gptqmodel(
+        "gptq", source, output, {**uniform, "bits": 4}, context, layer_rules(chosen), report
+    )

@@ -4,21 +4,18 @@ then built through RTN's own per-layer overrides."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from quantforge.choosing.allocation import Choice, Sensitivity
-from quantforge.choosing.budget import sensitivity_file, solve, summary
+from quantforge.choosing.budget import FLOAT, layer_rules, sensitivity_file, solve, summary
 from quantforge.choosing.sensitivity import KLProbe
 from quantforge.model.overrides import Rule
 from quantforge.options import OptionValue
 from torch import nn
 
 from quantforge_rtn.kernels import dequantize, quantize_weight
-
-FLOAT = "float"
 
 
 def _measure(
@@ -92,7 +89,4 @@ def budget_rules(
     if known is None:
         sens.save(cached)
     chosen, budget = solve("rtn", sens, options)
-    rules: list[Rule] = [
-        (f"^{re.escape(n)}$", None if c.type == FLOAT else int(c.type)) for n, c in chosen.items()
-    ]
-    return rules, summary(sens, chosen, budget, sum(map(len, rows)))
+    return layer_rules(chosen), summary(sens, chosen, budget, sum(map(len, rows)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
@@ -27,10 +28,12 @@ from quantforge.choosing.allocation import (
     predicted_kl,
 )
 from quantforge.errors import UsageError
+from quantforge.model.overrides import Rule
 from quantforge.options import Option, OptionValue
 
 BUDGET_KEYS = ("bpw", "max_size_mb", "max_kl")
 MB = 1_000_000
+FLOAT = "float"  # the choice that leaves a layer unquantized
 
 
 def budget_option_list(what: str) -> list[Option]:
@@ -121,6 +124,15 @@ def solve(
             hint=smaller,
         )
     return chosen, budget
+
+
+def layer_rules(chosen: Mapping[str, Choice]) -> list[Rule]:
+    """Per-layer overrides (``quantforge.model.overrides``) for choices of bit widths
+    (``"4"``, ``"8"``, or :data:`FLOAT`: left unquantized), one exact pattern per layer."""
+    return [
+        (f"^{re.escape(n)}$", None if c.type == FLOAT else int(c.type))
+        for n, c in sorted(chosen.items())
+    ]
 
 
 def summary(
